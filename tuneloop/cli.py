@@ -1,0 +1,176 @@
+"""`tuneloop <command>`: one thin function per stage — parse, call the stage's `run`, print.
+
+Every option can also come from a YAML config (`-c run.yaml`); an option given here wins.
+Stage modules are imported inside the commands so that `tuneloop --help` stays instant.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+from rich.console import Console
+
+from tuneloop.config import RunConfig, load_config
+from tuneloop.errors import TuneloopError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True)
+console = Console(stderr=False)
+err_console = Console(stderr=True)
+_debug = False
+
+ConfigOpt = typer.Option(None, "--config", "-c", help="YAML run config; options given here override it.")
+
+
+@app.callback()
+def _root(debug: bool = typer.Option(False, "--debug", help="Show stack traces on errors.")) -> None:
+    """tuneloop fine-tunes a pre-trained language model on your data and proves it got better."""
+    global _debug
+    _debug = debug
+    # Never reach for a model hub unless the user has explicitly allowed it in their environment.
+    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+
+
+def _config(path: Optional[Path], overrides: dict[str, Any]) -> RunConfig:
+    return load_config(path, overrides)
+
+
+@app.command()
+def prepare(
+    data: list[str] = typer.Argument(None, help="Data files or globs (JSONL, JSON, CSV/TSV, Parquet)."),
+    task: Optional[str] = typer.Option(None, help="classify or generate."),
+    out: Optional[Path] = typer.Option(None, help="Output folder for the splits, rejects, manifest and report."),
+    config: Optional[Path] = ConfigOpt,
+    format: Optional[str] = typer.Option(None, help="auto, messages, alpaca, sharegpt, prompt_completion, text_label."),
+    text_field: Optional[str] = typer.Option(None, help="Field holding the text (classify)."),
+    label_field: Optional[str] = typer.Option(None, help="Field holding the label (classify)."),
+    test_file: Optional[str] = typer.Option(None, help="Use this file as the test split."),
+    val_fraction: Optional[float] = typer.Option(None, help="Share of rows for validation."),
+    test_fraction: Optional[float] = typer.Option(None, help="Share of rows for test."),
+    pii: Optional[str] = typer.Option(None, help="redact (default), drop or off."),
+    strip_html: Optional[bool] = typer.Option(None, "--strip-html/--keep-html", help="Remove HTML tags and entities."),
+    dedup: Optional[bool] = typer.Option(None, "--dedup/--no-dedup", help="Remove exact duplicates."),
+    near_dup: Optional[bool] = typer.Option(None, "--near-dup/--no-near-dup", help="Remove near duplicates."),
+    near_dup_threshold: Optional[float] = typer.Option(None, help="Jaccard threshold for near duplicates."),
+    max_chars: Optional[int] = typer.Option(None, help="Reject rows longer than this many characters."),
+    max_tokens: Optional[int] = typer.Option(None, help="Reject rows longer than this many tokens."),
+    tokenizer: Optional[str] = typer.Option(None, help="Base model whose tokenizer measures lengths."),
+    seed: Optional[int] = typer.Option(None, help="Seed for the split."),
+) -> None:
+    """Validate, clean, redact, deduplicate and split data into train/val/test."""
+    from tuneloop import data as data_stage
+
+    cfg = _config(config, {
+        "task": task, "seed": seed, "prepare.inputs": data or None, "prepare.out": out, "prepare.format": format,
+        "prepare.text_field": text_field, "prepare.label_field": label_field, "prepare.test_file": test_file,
+        "prepare.val_fraction": val_fraction, "prepare.test_fraction": test_fraction, "prepare.pii": pii,
+        "prepare.strip_html": strip_html, "prepare.dedup": dedup, "prepare.near_dup": near_dup,
+        "prepare.near_dup_threshold": near_dup_threshold, "prepare.max_chars": max_chars,
+        "prepare.max_tokens": max_tokens, "prepare.tokenizer": tokenizer,
+    })
+    result = data_stage.run(cfg)
+    console.print(result.summary())
+
+
+@app.command()
+def train(
+    data: Optional[Path] = typer.Option(None, help="Folder written by `tuneloop prepare`."),
+    out: Optional[Path] = typer.Option(None, help="Run folder."),
+    config: Optional[Path] = ConfigOpt,
+    task: Optional[str] = typer.Option(None, help="classify or generate (default: from the data's manifest)."),
+    base: Optional[str] = typer.Option(None, help="default, a local folder, a .gguf file or a hub id."),
+    method: Optional[str] = typer.Option(None, help="lora or full."),
+    classify_as: Optional[str] = typer.Option(None, help="head or generate."),
+    epochs: Optional[float] = typer.Option(None, help="Passes over the training data."),
+    max_steps: Optional[int] = typer.Option(None, help="Stop after this many optimizer steps."),
+    lr: Optional[float] = typer.Option(None, help="Peak learning rate."),
+    batch_size: Optional[int] = typer.Option(None, help="Examples per micro-batch."),
+    grad_accum: Optional[int] = typer.Option(None, help="Micro-batches per optimizer step."),
+    max_length: Optional[int] = typer.Option(None, help="Truncate sequences to this many tokens."),
+    lora_r: Optional[int] = typer.Option(None, help="LoRA rank."),
+    lora_alpha: Optional[int] = typer.Option(None, help="LoRA alpha."),
+    precision: Optional[str] = typer.Option(None, help="auto, bf16 or fp32."),
+    packing: Optional[bool] = typer.Option(None, "--packing/--no-packing", help="Pack examples into sequences."),
+    gradient_checkpointing: Optional[bool] = typer.Option(None, "--gradient-checkpointing/--no-gradient-checkpointing"),
+    eval_every: Optional[int] = typer.Option(None, help="Validate every N steps."),
+    patience: Optional[int] = typer.Option(None, help="Early-stopping patience in validations."),
+    save_every: Optional[int] = typer.Option(None, help="Checkpoint every N steps."),
+    seed: Optional[int] = typer.Option(None, help="Seed for everything."),
+    resume: Optional[Path] = typer.Option(None, help="Continue the run in this folder from its last checkpoint."),
+) -> None:
+    """Fine-tune a base model (LoRA or full) with validation, early stopping and checkpoints."""
+    from tuneloop import train as train_stage
+
+    if resume is not None:
+        result = train_stage.resume(resume)
+    else:
+        cfg = _config(config, {
+            "task": task, "base": base, "seed": seed, "train.data": data, "train.out": out, "train.method": method,
+            "train.classify_as": classify_as, "train.epochs": epochs, "train.max_steps": max_steps, "train.lr": lr,
+            "train.batch_size": batch_size, "train.grad_accum": grad_accum, "train.max_length": max_length,
+            "train.lora.r": lora_r, "train.lora.alpha": lora_alpha, "train.precision": precision,
+            "train.packing": packing, "train.gradient_checkpointing": gradient_checkpointing,
+            "train.eval_every": eval_every, "train.patience": patience, "train.save_every": save_every,
+        })
+        result = train_stage.run(cfg)
+    console.print(result.summary())
+
+
+@app.command("eval")
+def eval_(
+    run: Path = typer.Argument(..., help="Run folder written by `tuneloop train`."),
+    config: Optional[Path] = ConfigOpt,
+    data: Optional[Path] = typer.Option(None, help="Test file (default: the run's prepared test.jsonl)."),
+    base_too: Optional[bool] = typer.Option(None, "--base-too/--no-base-too", help="Also evaluate the untuned base."),
+    baseline: Optional[bool] = typer.Option(None, "--baseline/--no-baseline", help="Also run TF-IDF + logistic regression."),
+    batch_size: Optional[int] = typer.Option(None, help="Examples per generation batch."),
+    max_new_tokens: Optional[int] = typer.Option(None, help="Generation limit."),
+    max_examples: Optional[int] = typer.Option(None, help="Evaluate on at most this many examples."),
+) -> None:
+    """Evaluate base vs tuned on held-out data; write metrics, predictions and the HTML report."""
+    from tuneloop import evaluate
+
+    result = evaluate.run(run, config, {
+        "eval.data": data, "eval.base_too": base_too, "eval.baseline": baseline, "eval.batch_size": batch_size,
+        "eval.max_new_tokens": max_new_tokens, "eval.max_examples": max_examples,
+    })
+    console.print(result.summary())
+
+
+@app.command()
+def models() -> None:
+    """List the embedded default models, what is cached, sizes and parameter counts."""
+    from tuneloop import models as models_mod
+
+    console.print(models_mod.summary())
+
+
+@app.command()
+def export(
+    run: Path = typer.Argument(..., help="Run folder."),
+    out: Optional[Path] = typer.Option(None, help="Output folder (default: RUN/merged)."),
+    merge: bool = typer.Option(True, "--merge/--adapter", help="Merge the LoRA adapter into a full model."),
+) -> None:
+    """Export a trained model as a folder plain transformers (or vLLM) loads."""
+    from tuneloop import train as train_stage
+
+    path = train_stage.export(run, out, merge=merge)
+    console.print(f"exported to {path}")
+
+
+def main() -> None:
+    """Console-script entry point: run the app, turning user errors into one clear message."""
+    try:
+        app()
+    except TuneloopError as e:
+        if _debug:
+            raise
+        err_console.print(f"[bold red]error:[/] {e}", highlight=False)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

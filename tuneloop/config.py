@@ -1,0 +1,191 @@
+"""A run's configuration: pydantic models of the YAML, documented and validated where declared.
+
+One `RunConfig` describes a whole run; each stage reads its own section (`prepare`, `train`,
+`eval`) plus the shared top-level fields (`task`, `base`, `seed`). A YAML file is a saved config;
+the CLI overrides fields by their dotted name (`train.lr`), and the CLI wins.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from tuneloop.errors import TuneloopError
+
+
+class _Section(BaseModel):
+    # Unknown keys are errors: a typo in the YAML must not be silently ignored.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class PrepareConfig(_Section):
+    """How raw files become clean, validated, split training data (`tuneloop prepare`)."""
+
+    inputs: list[str] = Field(default_factory=list, description="Data files or globs (JSONL, JSON, CSV/TSV, Parquet).")
+    out: Path | None = Field(None, description="Folder for train/val/test.jsonl, rejects.jsonl, manifest.json, report.html.")
+    format: Literal["auto", "messages", "alpaca", "sharegpt", "prompt_completion", "text_label"] = Field(
+        "auto", description="Record format; `auto` detects it per file from the fields present."
+    )
+    text_field: str = Field("text", description="Field holding the text (classify).")
+    label_field: str = Field("label", description="Field holding the label (classify).")
+    test_file: str | None = Field(None, description="Use this file as the test split instead of sampling one.")
+    val_fraction: float = Field(0.1, ge=0.0, lt=1.0, description="Share of rows for validation.")
+    test_fraction: float = Field(0.1, ge=0.0, lt=1.0, description="Share of rows for test (ignored with test_file).")
+    strip_html: bool = Field(True, description="Remove HTML tags and unescape entities.")
+    pii: Literal["redact", "drop", "off"] = Field(
+        "redact", description="Replace PII with typed placeholders like [EMAIL], drop the row, or leave it."
+    )
+    dedup: bool = Field(True, description="Remove exact duplicates (after normalisation).")
+    near_dup: bool = Field(True, description="Remove near duplicates (MinHash LSH on word shingles).")
+    near_dup_threshold: float = Field(0.8, gt=0.0, le=1.0, description="Jaccard similarity above which rows are near duplicates.")
+    label_conflicts: Literal["drop", "keep_majority"] = Field(
+        "drop", description="Exact duplicates with different labels: drop them all, or keep the majority label."
+    )
+    max_chars: int = Field(20_000, gt=0, description="Reject rows whose text is longer than this many characters.")
+    max_tokens: int | None = Field(None, gt=0, description="Reject rows longer than this many tokens (needs `tokenizer`).")
+    tokenizer: str | None = Field(None, description="Base model whose tokenizer measures lengths (`default`, a folder, a hub id).")
+
+    @model_validator(mode="after")
+    def _fractions(self) -> PrepareConfig:
+        if self.val_fraction + self.test_fraction >= 1.0:
+            raise ValueError(
+                f"val_fraction + test_fraction must be below 1 (got {self.val_fraction} + {self.test_fraction}); "
+                "lower one of them so rows remain for training"
+            )
+        return self
+
+
+class LoraSettings(_Section):
+    """LoRA adapter settings (peft)."""
+
+    r: int = Field(16, gt=0, description="Rank of the update matrices.")
+    alpha: int = Field(32, gt=0, description="Scaling numerator (scale = alpha / r).")
+    dropout: float = Field(0.05, ge=0.0, lt=1.0, description="Dropout on the LoRA input.")
+    target_modules: str | list[str] = Field(
+        "all-linear", description="Module names to adapt, or `all-linear` for every linear layer but the output."
+    )
+
+
+class TrainConfig(_Section):
+    """How the base model is fine-tuned (`tuneloop train`)."""
+
+    data: Path | None = Field(None, description="Folder written by `tuneloop prepare` (train.jsonl, val.jsonl).")
+    out: Path | None = Field(None, description="Run folder: checkpoints/, model/, metrics.jsonl, config.yaml.")
+    method: Literal["lora", "full"] = Field("lora", description="Train a LoRA adapter or all weights.")
+    classify_as: Literal["head", "generate"] = Field(
+        "generate", description="classify with a sequence-classification head, or as a causal LM answering with the label."
+    )
+    epochs: float = Field(1.0, gt=0, description="Passes over the training data.")
+    max_steps: int | None = Field(None, gt=0, description="Stop after this many optimizer steps (overrides epochs).")
+    lr: float = Field(2e-4, gt=0, lt=1, description="Peak learning rate (AdamW).")
+    batch_size: int = Field(8, gt=0, description="Examples per micro-batch.")
+    grad_accum: int = Field(1, gt=0, description="Micro-batches per optimizer step.")
+    max_length: int = Field(512, ge=8, description="Truncate sequences to this many tokens.")
+    schedule: Literal["cosine", "linear", "constant"] = Field("cosine", description="Learning-rate schedule after warm-up.")
+    warmup: float = Field(0.05, ge=0, lt=1, description="Share of steps for linear warm-up.")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
+    max_grad_norm: float | None = Field(1.0, gt=0, description="Clip the gradient norm to this (None: no clipping).")
+    lora: LoraSettings = Field(default_factory=LoraSettings)
+    precision: Literal["auto", "bf16", "fp32"] = Field(
+        "auto", description="bf16 autocast or fp32; `auto` uses bf16 where the hardware runs it fast."
+    )
+    packing: bool = Field(False, description="Pack several examples into one sequence (isolated attention).")
+    group_by_length: bool = Field(True, description="Batch examples of similar length to avoid padding waste.")
+    gradient_checkpointing: bool = Field(False, description="Recompute activations in backward to save memory.")
+    eval_every: int = Field(50, gt=0, description="Validate every this many optimizer steps (and at each epoch end).")
+    patience: int | None = Field(3, gt=0, description="Stop after this many validations without improvement (None: never).")
+    save_every: int = Field(50, gt=0, description="Checkpoint every this many optimizer steps.")
+    keep_last: int = Field(2, gt=0, description="Checkpoints to keep (the best one is always kept).")
+    max_eval_examples: int | None = Field(None, gt=0, description="Validate on at most this many examples.")
+    system_prompt: str | None = Field(None, description="System message for classify-as-generate prompts.")
+    threads: int | None = Field(None, gt=0, description="torch threads (default: all cores).")
+
+
+class EvalConfig(_Section):
+    """How a run is evaluated on held-out data (`tuneloop eval`)."""
+
+    data: Path | None = Field(None, description="Test file (default: the run's prepared test.jsonl).")
+    base_too: bool = Field(True, description="Also evaluate the untuned base model (zero-shot, same prompt).")
+    baseline: bool = Field(True, description="Also train and evaluate TF-IDF + logistic regression (classify).")
+    batch_size: int = Field(16, gt=0, description="Examples per generation/prediction batch.")
+    max_new_tokens: int = Field(128, gt=0, description="Generation limit for answers.")
+    max_examples: int | None = Field(None, gt=0, description="Evaluate on at most this many test examples.")
+    bootstrap: int = Field(1000, ge=0, description="Bootstrap resamples for 95% confidence intervals (0: none).")
+    overfit_window: int = Field(3, gt=0, description="Flag overfitting when validation loss rose for this many evaluations.")
+    synonyms: dict[str, list[str]] = Field(default_factory=dict, description="Extra answers that map to a label.")
+
+
+class RunConfig(_Section):
+    """A whole run: shared fields plus one section per stage."""
+
+    task: Literal["classify", "generate"] = Field("generate", description="Text → label, or instruction/chat SFT.")
+    base: str = Field("default", description="Base model: `default`, a local folder, a .gguf file, or a hub id.")
+    seed: int = Field(0, description="Seed for splitting, shuffling, initialisation and sampling.")
+    trust_remote_code: bool = Field(False, description="Allow a hub model's own Python code to run.")
+    prepare: PrepareConfig = Field(default_factory=PrepareConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+
+
+def format_validation_error(err: ValidationError) -> str:
+    """Turn a pydantic error into lines naming the field, the bad value and what is allowed."""
+    lines = []
+    for e in err.errors():
+        field = ".".join(str(p) for p in e["loc"]) or "config"
+        got = "" if e["type"] == "missing" else f" (got {e.get('input')!r})"
+        lines.append(f"config field '{field}'{got}: {e['msg']}")
+    return "\n".join(lines)
+
+
+def _set_dotted(d: dict[str, Any], key: str, value: Any) -> None:
+    parts = key.split(".")
+    for p in parts[:-1]:
+        d = d.setdefault(p, {})
+        if not isinstance(d, dict):
+            raise TuneloopError(f"config field '{key}': '{p}' is not a section")
+    d[parts[-1]] = value
+
+
+def load_config(path: Path | str | None = None, overrides: dict[str, Any] | None = None) -> RunConfig:
+    """Load a run config from YAML (optional) and apply CLI overrides by dotted name.
+
+    Args:
+        path: A YAML file with a saved config, or None for the defaults.
+        overrides: `{"train.lr": 1e-4, ...}`; None values mean "not given" and are skipped.
+
+    Returns:
+        The validated config.
+
+    Raises:
+        TuneloopError: the file is missing or not YAML, or a field is invalid (message names it).
+    """
+    raw: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise TuneloopError(f"config file {p} does not exist")
+        try:
+            raw = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as e:
+            raise TuneloopError(f"config file {p} is not valid YAML: {e}") from None
+        if not isinstance(raw, dict):
+            raise TuneloopError(f"config file {p} must hold a mapping of fields, not {type(raw).__name__}")
+    for key, value in (overrides or {}).items():
+        if value is not None:
+            _set_dotted(raw, key, value)
+    try:
+        return RunConfig.model_validate(raw)
+    except ValidationError as e:
+        where = f" in {path}" if path else ""
+        raise TuneloopError(f"invalid config{where}:\n{format_validation_error(e)}") from None
+
+
+def save_config(cfg: RunConfig, path: Path) -> None:
+    """Write the resolved config as YAML (paths as strings), atomically."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False), encoding="utf-8")
+    tmp.replace(path)
