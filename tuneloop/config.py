@@ -118,6 +118,45 @@ class EvalConfig(_Section):
     synonyms: dict[str, list[str]] = Field(default_factory=dict, description="Extra answers that map to a label.")
 
 
+class ParamRange(_Section):
+    """A numeric search range: `{low: 1e-5, high: 1e-3, log: true}` (ints stay ints)."""
+
+    low: float = Field(description="Smallest value tried.")
+    high: float = Field(description="Largest value tried.")
+    log: bool = Field(False, description="Sample on a log scale (learning rates).")
+    step: float | None = Field(None, gt=0, description="Grid step (ints default to 1).")
+
+    @model_validator(mode="after")
+    def _order(self) -> ParamRange:
+        if self.low > self.high:
+            raise ValueError(f"low ({self.low}) must not exceed high ({self.high})")
+        if self.log and self.low <= 0:
+            raise ValueError(f"a log range needs low > 0 (got {self.low})")
+        return self
+
+
+class TuneConfig(_Section):
+    """Hyperparameter search (`tuneloop tune`): Optuna over fields of the `train` section."""
+
+    out: Path | None = Field(None, description="Study folder: study.db, trials/<n>/, best.yaml, tune_report.html.")
+    space: dict[str, ParamRange | list[Any]] = Field(
+        default_factory=dict,
+        description="Parameter → range or list of choices, by `train` field name (`lr`, `lora.r`, `batch_size`, ...). "
+        "Empty: a default space for the task.",
+    )
+    trials: int | None = Field(10, gt=0, description="Trials to finish in this study (counting earlier runs of it).")
+    timeout: float | None = Field(None, gt=0, description="Stop starting new trials after this many seconds.")
+    max_steps: int | None = Field(None, gt=0, description="Optimizer-step budget per trial.")
+    sampler: Literal["tpe", "random", "grid"] = Field("tpe", description="How the next trial's parameters are picked.")
+    pruner: Literal["median", "hyperband", "none"] = Field("median", description="Stop hopeless trials early.")
+    objective: Literal["auto", "val_loss", "macro_f1"] = Field(
+        "auto", description="Validation metric to optimise; auto: macro_f1 for classify, val_loss for generate."
+    )
+    storage: str | None = Field(None, description="Optuna storage URL (default: sqlite in the study folder).")
+    study_name: str = Field("tuneloop", description="Study name inside the storage (shared by workers).")
+    refit: bool = Field(False, description="Retrain the best config on train+val at the end.")
+
+
 class RunConfig(_Section):
     """A whole run: shared fields plus one section per stage."""
 
@@ -128,16 +167,20 @@ class RunConfig(_Section):
     prepare: PrepareConfig = Field(default_factory=PrepareConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
+    tune: TuneConfig = Field(default_factory=TuneConfig)
 
 
 def format_validation_error(err: ValidationError) -> str:
     """Turn a pydantic error into lines naming the field, the bad value and what is allowed."""
-    lines = []
+    lines: dict[str, str] = {}
     for e in err.errors():
-        field = ".".join(str(p) for p in e["loc"]) or "config"
+        # Drop pydantic's union/validator markers ("list[any]", "function-after[...]") from the path;
+        # for a union, the first alternative's complaint is the one that names the real problem.
+        field = ".".join(str(p) for p in e["loc"] if not any(c in str(p) for c in "[(")) or "config"
         got = "" if e["type"] == "missing" else f" (got {e.get('input')!r})"
-        lines.append(f"config field '{field}'{got}: {e['msg']}")
-    return "\n".join(lines)
+        msg = e["msg"].removeprefix("Value error, ")
+        lines.setdefault(field, f"config field '{field}'{got}: {msg}")
+    return "\n".join(lines.values())
 
 
 def _set_dotted(d: dict[str, Any], key: str, value: Any) -> None:
