@@ -141,6 +141,31 @@ def eval_(
 
 
 @app.command()
+def tune(
+    config: Optional[Path] = ConfigOpt,
+    out: Optional[Path] = typer.Option(None, help="Study folder (trials, study.db, best.yaml, report)."),
+    data: Optional[Path] = typer.Option(None, help="Folder written by `tuneloop prepare`."),
+    trials: Optional[int] = typer.Option(None, help="Trials to finish in the study (all workers together)."),
+    timeout: Optional[float] = typer.Option(None, help="Stop starting trials after this many seconds."),
+    max_steps: Optional[int] = typer.Option(None, help="Optimizer-step budget per trial."),
+    sampler: Optional[str] = typer.Option(None, help="tpe, random or grid."),
+    pruner: Optional[str] = typer.Option(None, help="median, hyperband or none."),
+    storage: Optional[str] = typer.Option(None, help="Optuna storage URL shared by workers (default: SQLite in --out)."),
+    refit: Optional[bool] = typer.Option(None, "--refit/--no-refit", help="Retrain the best config on train+val."),
+    seed: Optional[int] = typer.Option(None, help="Seed for the sampler and the trials."),
+) -> None:
+    """Search learning rate, batch size, LoRA rank, epochs... with Optuna; keep the best run."""
+    from tuneloop import tune as tune_stage
+
+    cfg = _config(config, {
+        "seed": seed, "train.data": data, "tune.out": out, "tune.trials": trials, "tune.timeout": timeout,
+        "tune.max_steps": max_steps, "tune.sampler": sampler, "tune.pruner": pruner, "tune.storage": storage,
+        "tune.refit": refit,
+    })
+    console.print(tune_stage.run(cfg).summary())
+
+
+@app.command()
 def models() -> None:
     """List the embedded default models, what is cached, sizes and parameter counts."""
     from tuneloop import models as models_mod
