@@ -27,7 +27,7 @@ class PrepareConfig(_Section):
     inputs: list[str] = Field(default_factory=list, description="Data files or globs (JSONL, JSON, CSV/TSV, Parquet).")
     out: Path | None = Field(None, description="Folder for train/val/test.jsonl, rejects.jsonl, manifest.json, report.html.")
     format: Literal["auto", "messages", "alpaca", "sharegpt", "prompt_completion", "text_label"] = Field(
-        "auto", description="Record format; `auto` detects it per file from the fields present."
+        "auto", description="Record format; `auto` detects it per file from the fields most of its first 1,000 rows have."
     )
     text_field: str = Field("text", description="Field holding the text (classify).")
     label_field: str = Field("label", description="Field holding the label (classify).")
@@ -38,14 +38,21 @@ class PrepareConfig(_Section):
     pii: Literal["redact", "drop", "off"] = Field(
         "redact", description="Replace PII with typed placeholders like [EMAIL], drop the row, or leave it."
     )
+    pii_region: str = Field(
+        "US", min_length=2, max_length=2, description="Country (ISO code) for phone numbers written without a +country code."
+    )
     dedup: bool = Field(True, description="Remove exact duplicates (after normalisation).")
     near_dup: bool = Field(True, description="Remove near duplicates (MinHash LSH on word shingles).")
     near_dup_threshold: float = Field(0.8, gt=0.0, le=1.0, description="Jaccard similarity above which rows are near duplicates.")
+    near_dup_ngram: int = Field(2, ge=1, le=10, description="Words per shingle for near duplicates (2 suits short rows; 5 long documents).")
+    near_dup_num_perm: int = Field(
+        64, ge=16, le=512, description="MinHash permutations: more estimate similarity better (error ~0.05 at 64) at 4 bytes a row each."
+    )
     label_conflicts: Literal["drop", "keep_majority"] = Field(
         "drop", description="Exact duplicates with different labels: drop them all, or keep the majority label."
     )
     max_chars: int = Field(20_000, gt=0, description="Reject rows whose text is longer than this many characters.")
-    max_tokens: int | None = Field(None, gt=0, description="Reject rows longer than this many tokens (needs `tokenizer`).")
+    max_tokens: int | None = Field(None, gt=0, description="Reject rows longer than this many tokens (of `tokenizer`, else whitespace tokens).")
     tokenizer: str | None = Field(None, description="Base model whose tokenizer measures lengths (`default`, a folder, a hub id).")
 
     @model_validator(mode="after")
