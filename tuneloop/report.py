@@ -9,11 +9,14 @@ from __future__ import annotations
 import base64
 import html
 import io
+import json
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 import matplotlib
+import numpy as np
+import yaml
 
 matplotlib.use("Agg")  # headless: reports are written on servers and in CI
 import matplotlib.pyplot as plt  # noqa: E402
@@ -91,3 +94,285 @@ def write(path: Path, html_text: str) -> Path:
     tmp.write_text(html_text, encoding="utf-8")
     tmp.replace(path)
     return path
+
+
+# --- The run report (`tuneloop eval`): RUN/report.html ---------------------------------------
+
+#: Display names and colours of the compared systems, in table order.
+SYSTEMS = {"tuned": ("tuned", "#3b6ea5"), "base": ("base (zero-shot)", "#9a9a9a"), "baseline": ("TF-IDF + LogReg", "#e69500")}
+RUN_SECTIONS = ("summary", "data", "training", "metrics", "confusion", "per-class", "examples", "config", "environment")
+_MAX_EXAMPLES = 25  # per fixed/broken table; the full lists are in RUN/eval/fixed_broken.json
+
+
+def _name(system: str) -> str:
+    return SYSTEMS.get(system, (system, ""))[0]
+
+
+def _fmt(value: Any, ci: Sequence[float] | None = None) -> str:
+    """A metric with its interval: `0.912 [0.887, 0.934]`; `—` when absent."""
+    if value is None:
+        return "—"
+    text = f"{value:.3f}" if isinstance(value, float) else str(value)
+    return text + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")
+
+
+def _short(value: Any, limit: int = 300) -> str:
+    text = "" if value is None else str(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def dict_table(data: dict[str, Any]) -> str:
+    """A mapping as a table: scalars as key/value rows; a mapping of mappings as a matrix.
+
+    >>> dict_table({"train": {"a": 1}, "test": {"a": 2, "b": 3}}).count("<tr>")
+    3
+    """
+    if data and all(isinstance(v, dict) for v in data.values()):
+        cols = list(dict.fromkeys(k for v in data.values() for k in v))
+        return table(["", *cols], [[k, *(_scalar(v.get(c, "")) for c in cols)] for k, v in data.items()])
+    return table(["field", "value"], [[k, _scalar(v)] for k, v in data.items()])
+
+
+def _scalar(v: Any) -> Any:
+    return v if isinstance(v, (int, float, str)) else json.dumps(v, ensure_ascii=False, default=str)
+
+
+def _summary_section(m: dict[str, Any]) -> str:
+    systems, lines = m["systems"], []
+    key = "classification" if any("classification" in s for s in systems.values()) else "generation"
+    for name, s in systems.items():
+        part = s.get(key, {})
+        if key == "classification":
+            lines.append(f"{_name(name)}: accuracy {_fmt(part.get('accuracy'), part['ci']['accuracy'])}, "
+                         f"macro-F1 {_fmt(part['macro']['f1'], part['ci']['macro_f1'])}"
+                         + (f" — {s['note']}" if s.get("note") else ""))
+        else:
+            lines.append(f"{_name(name)}: token F1 {_fmt(part.get('token_f1'), part.get('ci', {}).get('token_f1'))}, "
+                         f"exact match {_fmt(part.get('exact_match'))}")
+    verdicts = [f"<p class=\"{'ok' if v.startswith('better') else 'warn'}\">tuned vs {esc(_name(b))}: {esc(v)}</p>"
+                for b, v in ((k.split('_vs_')[1], _verdict(c)) for k, c in m.get("comparisons", {}).items())]
+    overfit = m.get("curves", {}).get("overfitting")
+    warn = (f'<p class="warn">Validation loss rose for the last {m["curves"]["overfit_window"]} evaluations: '
+            "the run is overfitting (see Training).</p>") if overfit else ""
+    items = "".join(f"<li>{esc(line)}</li>" for line in lines)
+    return section("Summary", f"<p>{m['n']:,} test examples; 95% bootstrap intervals.</p><ul>{items}</ul>"
+                   + "".join(verdicts) + warn, "summary")
+
+
+def _verdict(c: dict[str, Any], alpha: float = 0.05) -> str:
+    """Plain words for a McNemar result of tuned (A) vs another system (B)."""
+    p = f"McNemar p = {c['pvalue']:.3g}, {c['only_a']} fixed vs {c['only_b']} lost"
+    if c["pvalue"] >= alpha:
+        return f"no significant difference ({p})"
+    return ("better" if c["only_a"] > c["only_b"] else "worse") + f" ({p})"
+
+
+def _data_section(manifest: dict[str, Any]) -> str:
+    if not manifest:
+        return section("Data", '<p class="muted">No manifest.json in the data folder.</p>', "data")
+    parts = [f"<p>task: <b>{esc(manifest.get('task', '?'))}</b>"
+             + (f"; {len(manifest['labels'])} labels: {esc(', '.join(map(str, manifest['labels'])))}" if manifest.get("labels") else "")
+             + "</p>"]
+    for key, title in (("counts", "Counts"), ("length_stats", "Lengths")):
+        if isinstance(manifest.get(key), dict) and manifest[key]:
+            parts.append(f"<h3>{title}</h3>" + dict_table(manifest[key]))
+    if manifest.get("inputs"):
+        parts.append("<h3>Inputs</h3>" + table(["path", "sha256"], [[i.get("path"), i.get("sha256")] for i in manifest["inputs"]]))
+    return section("Data", "\n".join(parts), "data")
+
+
+def _curves_figure(train: list[tuple[int, float]], val: list[tuple[int, float]]) -> str:
+    fig, ax = plt.subplots(figsize=(8, 3.6))
+    if train:
+        ax.plot(*zip(*train), color="#3b6ea5", lw=1, alpha=0.8, label="train loss")
+    if val:
+        ax.plot(*zip(*val), "o-", color="#c0392b", ms=4, label="validation loss")
+        best = min(val, key=lambda sv: sv[1])
+        ax.plot(*best, "*", color="#2e8b57", ms=14, label=f"best validation (step {best[0]})")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("loss per token")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    return figure(fig, "training and validation loss by step")
+
+
+def _training_section(run_dir: Path, m: dict[str, Any]) -> str:
+    from tuneloop.evaluate.curves import read_curves
+
+    curves, summary = read_curves(run_dir / "metrics.jsonl"), m.get("curves", {})
+    if not curves.train and not curves.val:
+        return section("Training", '<p class="muted">No training curves (RUN/metrics.jsonl is missing or empty).</p>', "training")
+    flag = (f'<p class="warn">Overfitting: validation loss rose for the last {summary.get("overfit_window")} evaluations.</p>'
+            if summary.get("overfitting") else
+            f'<p class="ok">No overfitting: validation loss did not rise for the last {summary.get("overfit_window")} evaluations.</p>')
+    return section("Training", _curves_figure(curves.train, curves.val) + flag + dict_table(summary), "training")
+
+
+def _metric_rows(systems: dict[str, Any]) -> list[list[str]]:
+    def row(label: str, get: Any) -> list[str]:
+        return [label, *(get(s) for s in systems.values())]
+
+    rows = []
+    if any("classification" in s for s in systems.values()):
+        c = lambda s: s.get("classification", {})  # noqa: E731
+        rows += [
+            row("accuracy", lambda s: _fmt(c(s).get("accuracy"), c(s).get("ci", {}).get("accuracy"))),
+            row("macro-F1", lambda s: _fmt(c(s).get("macro", {}).get("f1"), c(s).get("ci", {}).get("macro_f1"))),
+            *(row(f"{avg} {'F1' if k == 'f1' else k}", lambda s, a=avg, k=k: _fmt(c(s).get(a, {}).get(k)))
+              for avg in ("macro", "micro", "weighted") for k in ("precision", "recall", "f1") if (avg, k) != ("macro", "f1")),
+            row("unparseable answers", lambda s: f"{c(s)['unparseable_rate']:.1%}" if c(s) else "—"),
+        ]
+    if any("generation" in s for s in systems.values()):
+        g = lambda s: s.get("generation", {})  # noqa: E731
+        rows += [
+            row("exact match", lambda s: _fmt(g(s).get("exact_match"))),
+            row("token F1", lambda s: _fmt(g(s).get("token_f1"), g(s).get("ci", {}).get("token_f1"))),
+            row("ROUGE-L", lambda s: _fmt(g(s).get("rouge_l"))),
+            row("answer length (words)", lambda s: _fmt(g(s).get("avg_words"))),
+        ]
+    rows += [row("test loss per token", lambda s: _fmt(s.get("loss"))), row("perplexity", lambda s: _fmt(s.get("perplexity")))]
+    return rows
+
+
+def _metrics_section(m: dict[str, Any]) -> str:
+    systems = m["systems"]
+    heads = ["metric", *(_name(n) + (f" ({s['note']})" if s.get("note") else "") for n, s in systems.items())]
+    body = table(heads, _metric_rows(systems))
+    comps = m.get("comparisons", {})
+    if comps:
+        body += "<h3>Paired test (McNemar)</h3>" + table(
+            ["tuned vs", "only tuned right", "only other right", "test", "p-value", "verdict"],
+            [[_name(k.split("_vs_")[1]), c["only_a"], c["only_b"], c["method"], f"{c['pvalue']:.3g}", _verdict(c).split(" (")[0]]
+             for k, c in comps.items()],
+        )
+    note = f'<p class="muted">Correct means: {esc(m.get("correct_means", ""))}. Intervals: 95% percentile bootstrap.</p>'
+    return section("Metrics", body + note, "metrics")
+
+
+def _confusion_figure(name: str, cm: list[list[int]], labels: list[str]) -> str:
+    cols = labels + (["unparseable"] if any(r[-1] for r in cm) else [])
+    data = np.array([r[: len(cols)] for r in cm], dtype=float)
+    k = len(labels)
+    fig, ax = plt.subplots(figsize=(1.2 + 0.55 * len(cols), 1.0 + 0.5 * k))
+    rows = data.sum(axis=1, keepdims=True)
+    ax.imshow(np.divide(data, rows, out=np.zeros_like(data), where=rows > 0), cmap="Blues", vmin=0, vmax=1)
+    if k <= 20:  # counts stay readable up to about 20 labels
+        for (i, j), v in np.ndenumerate(data):
+            ax.text(j, i, f"{int(v)}", ha="center", va="center", fontsize=8,
+                    color="white" if rows[i, 0] and v / rows[i, 0] > 0.6 else "black")
+    ax.set_xticks(range(len(cols)), cols, rotation=45, ha="right", fontsize=8)
+    ax.set_yticks(range(k), labels, fontsize=8)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(_name(name), fontsize=10)
+    return figure(fig, f"confusion matrix of {_name(name)}")
+
+
+def _classification(m: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {n: s["classification"] for n, s in m["systems"].items() if "classification" in s}
+
+
+def _confusion_section(m: dict[str, Any]) -> str:
+    cls = _classification(m)
+    if not cls:
+        return section("Confusion matrices", '<p class="muted">Open-ended generation: no labels.</p>', "confusion")
+    figs = "".join(f'<div style="display:inline-block;margin:0 1rem 1rem 0;vertical-align:top">'
+                   f'{_confusion_figure(n, c["confusion_matrix"], c["labels"])}</div>' for n, c in cls.items())
+    return section("Confusion matrices", figs + '<p class="muted">Rows: true label; colour: share of the row.</p>', "confusion")
+
+
+def _per_class_section(m: dict[str, Any]) -> str:
+    cls = _classification(m)
+    if not cls:
+        return section("Per-class F1", '<p class="muted">Open-ended generation: no labels.</p>', "per-class")
+    labels = next(iter(cls.values()))["labels"]
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.5 * len(labels) * len(cls)), 3.6))
+    width = 0.8 / len(cls)
+    for i, (n, c) in enumerate(cls.items()):
+        ax.bar(np.arange(len(labels)) + (i - (len(cls) - 1) / 2) * width, [c["per_class"][str(lb)]["f1"] for lb in labels],
+               width, label=_name(n), color=SYSTEMS.get(n, ("", "#555"))[1])
+    ax.set_xticks(range(len(labels)), labels, rotation=45 if len(labels) > 8 else 0, ha="right" if len(labels) > 8 else "center")
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel("F1")
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=8, ncol=len(cls))
+    rows = [[lb, next(iter(cls.values()))["per_class"][str(lb)]["support"],
+             *(_fmt(c["per_class"][str(lb)][k]) for c in cls.values() for k in ("precision", "recall", "f1"))] for lb in labels]
+    heads = ["label", "support", *(f"{_name(n)} {k}" for n in cls for k in ("P", "R", "F1"))]
+    return section("Per-class F1", figure(fig, "per-class F1 by system") + table(heads, rows), "per-class")
+
+
+def _examples_table(examples: list[dict[str, Any]], systems: list[str]) -> str:
+    def answer(ex: dict[str, Any], n: str) -> str:
+        out = ex.get(f"{n}_output")
+        if f"{n}_label" not in ex:
+            return _short(out)
+        shown = "unparseable" if ex[f"{n}_label"] is None else str(ex[f"{n}_label"])
+        # Show the raw answer too when it is more than the bare label.
+        return shown if out is None or out.strip() == shown else f"{shown} ← “{_short(out, 120)}”"
+
+    cols = [n for n in ("base", "tuned") if n in systems]
+    rows = [[ex["id"], _short(ex["input"]), _short(ex["reference"]), *(answer(ex, n) for n in cols)] for ex in examples[:_MAX_EXAMPLES]]
+    more = f'<p class="muted">{len(examples) - _MAX_EXAMPLES} more in eval/fixed_broken.json.</p>' if len(examples) > _MAX_EXAMPLES else ""
+    return table(["id", "input", "reference", *(_name(n) for n in cols)], rows) + more
+
+
+def _examples_section(m: dict[str, Any], fixed_broken: dict[str, list[dict[str, Any]]]) -> str:
+    if "base" not in m["systems"]:
+        return section("Examples fixed and broken", '<p class="muted">The base model was not evaluated (--no-base-too).</p>', "examples")
+    systems = list(m["systems"])
+    body = ""
+    for key, what in (("fixed", "fixed by tuning (base wrong, tuned right)"), ("broken", "broken by tuning (base right, tuned wrong)")):
+        items = fixed_broken.get(key, [])
+        body += f"<h3>{len(items):,} {what}</h3>" + (_examples_table(items, systems) if items else "<p class=\"muted\">none</p>")
+    return section("Examples fixed and broken", body, "examples")
+
+
+def _environment_section(m: dict[str, Any]) -> str:
+    hashes = [[m.get("test_file", "test file"), m.get("test_sha256", "")]]
+    hashes += [[i.get("path"), i.get("sha256")] for i in m.get("manifest", {}).get("inputs", [])]
+    return section("Environment", dict_table(m.get("environment", {})) + "<h3>Data hashes (sha256)</h3>"
+                   + table(["file", "sha256"], hashes), "environment")
+
+
+def render_run_report(run_dir: Path, metrics: dict[str, Any], fixed_broken: dict[str, list[dict[str, Any]]]) -> str:
+    """The run report as one self-contained HTML document (sections in `RUN_SECTIONS` order).
+
+    Args:
+        run_dir: The run folder (its `metrics.jsonl` gives the training curves).
+        metrics: The content of `RUN/eval/metrics.json`.
+        fixed_broken: The content of `RUN/eval/fixed_broken.json`.
+    """
+    config = yaml.safe_dump(metrics.get("config", {}), sort_keys=False)
+    return page(
+        f"tuneloop run report — {run_dir.name}",
+        [
+            _summary_section(metrics),
+            _data_section(metrics.get("manifest", {})),
+            _training_section(run_dir, metrics),
+            _metrics_section(metrics),
+            _confusion_section(metrics),
+            _per_class_section(metrics),
+            _examples_section(metrics, fixed_broken),
+            section("Run config", f"<pre>{esc(config)}</pre>", "config"),
+            _environment_section(metrics),
+        ],
+        subtitle=f"{metrics.get('run', run_dir)} · task {metrics.get('task', '?')} · test file {metrics.get('test_file', '?')}",
+    )
+
+
+def write_run_report(run_dir: Path) -> Path:
+    """Build `RUN/report.html` from `RUN/eval/metrics.json`, `fixed_broken.json` and `RUN/metrics.jsonl`.
+
+    Raises:
+        TuneloopError: the run has not been evaluated yet (no eval/metrics.json).
+    """
+    from tuneloop.errors import TuneloopError
+
+    path = run_dir / "eval" / "metrics.json"
+    if not path.is_file():
+        raise TuneloopError(f"{path} is missing: run `tuneloop eval {run_dir}` first")
+    metrics = json.loads(path.read_text(encoding="utf-8"))
+    fb_path = run_dir / "eval" / "fixed_broken.json"
+    fixed_broken = json.loads(fb_path.read_text(encoding="utf-8")) if fb_path.is_file() else {}
+    return write(run_dir / "report.html", render_run_report(run_dir, metrics, fixed_broken))

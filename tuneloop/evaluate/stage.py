@@ -1,0 +1,279 @@
+"""`tuneloop eval RUN`: score the tuned model, the base model and the TF-IDF baseline on held-out
+data; write `RUN/eval/{metrics.json, predictions.jsonl, fixed_broken.json}` and `RUN/report.html`.
+"""
+
+from __future__ import annotations
+
+import gc
+import hashlib
+import json
+import platform
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from rich.console import Group
+from rich.table import Table
+
+from tuneloop.config import RunConfig, load_config
+from tuneloop.errors import TuneloopError
+from tuneloop.evaluate.curves import curve_summary, read_curves
+from tuneloop.evaluate.labels import LabelParser
+from tuneloop.evaluate.score import Scored, SystemOutput, score
+
+#: Packages whose versions the report records.
+VERSIONED = ("torch", "transformers", "peft", "accelerate", "scikit-learn", "numpy", "tuneloop")
+
+
+def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and v and f"{prefix}{k}" != "eval.synonyms":
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def load_run_config(run_dir: Path, config: Path | None, overrides: dict[str, Any]) -> RunConfig:
+    """The run's saved config, then an optional extra YAML file, then CLI overrides (later wins).
+
+    Raises:
+        TuneloopError: RUN is not a run folder, or a file or field is invalid.
+    """
+    saved = run_dir / "config.yaml"
+    if not saved.is_file():
+        raise TuneloopError(f"{run_dir} is not a run folder: {saved} is missing; pass the folder `tuneloop train` wrote")
+    extra: dict[str, Any] = {}
+    if config is not None:
+        extra = _flatten(load_config(config).model_dump(exclude_unset=True))
+    return load_config(saved, {**extra, **{k: v for k, v in overrides.items() if v is not None}})
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """Rows of a JSONL file.
+
+    Raises:
+        TuneloopError: the file is missing or a line is not a JSON object (names file and line).
+    """
+    if not path.is_file():
+        raise TuneloopError(f"{path} does not exist; run `tuneloop prepare` or pass --data FILE.jsonl")
+    rows = []
+    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if line.strip():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise TuneloopError(f"{path}, line {lineno}: not valid JSON ({e.msg})") from None
+            if not isinstance(row, dict):
+                raise TuneloopError(f"{path}, line {lineno}: expected a JSON object, got {type(row).__name__}")
+            rows.append(row)
+    return rows
+
+
+def sha256(path: Path) -> str:
+    """Hex SHA-256 of a file's bytes."""
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def eval_rows(rows: list[dict[str, Any]], task: str, path: Path) -> list[dict[str, Any]]:
+    """Turn prepared rows into `{"id", "input", "reference", "label", "messages"}` for scoring.
+
+    Raises:
+        TuneloopError: a row lacks a field its task needs (names file, row and field).
+    """
+    out = []
+    for i, row in enumerate(rows, start=1):
+        where = f"{path}, row {i}"
+        if task == "classify":
+            if not isinstance(row.get("text"), str) or not isinstance(row.get("label"), str):
+                raise TuneloopError(f"{where}: a classify row needs string fields 'text' and 'label'")
+            out.append({"id": row.get("id", str(i)), "input": row["text"], "reference": row["label"],
+                        "label": row["label"], "row": row})
+            continue
+        msgs = row.get("messages")
+        if not isinstance(msgs, list) or len(msgs) < 2 or not isinstance(msgs[-1], dict) or msgs[-1].get("role") != "assistant":
+            raise TuneloopError(f"{where}: field 'messages' must be a conversation ending with the assistant's answer")
+        user = [m.get("content", "") for m in msgs[:-1] if m.get("role") == "user"]
+        out.append({"id": row.get("id", str(i)), "input": user[-1] if user else "", "reference": msgs[-1].get("content", ""),
+                    "label": msgs[-1].get("content", "").strip(), "row": row})
+    return out
+
+
+def environment(cfg: RunConfig) -> dict[str, Any]:
+    """Python and package versions, platform and seed, for the report's reproducibility section."""
+    env: dict[str, Any] = {"python": platform.python_version(), "platform": platform.platform(), "seed": cfg.seed}
+    for pkg in VERSIONED:
+        try:
+            env[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            env[pkg] = "not installed"
+    return env
+
+
+@dataclass
+class EvalResult:
+    """What `run` produced: the metrics (as written to metrics.json) and where the files are."""
+
+    run_dir: Path
+    metrics: dict[str, Any]
+    report: Path
+
+    def summary(self) -> Group:
+        """A table of base vs tuned vs TF-IDF baseline with 95% intervals, and the report path."""
+        return Group(summary_table(self.metrics), f"report: {self.report}")
+
+
+def _with_ci(value: float | None, ci: list[float] | tuple[float, float] | None) -> str:
+    if value is None:
+        return "—"
+    return f"{value:.3f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")
+
+
+def summary_table(metrics: dict[str, Any]) -> Table:
+    """Rich table: one row per system, headline metrics with 95% bootstrap intervals."""
+    table = Table(title=f"tuneloop eval — {metrics['n']} test examples (95% bootstrap intervals)")
+    table.add_column("system")
+    for col in ("accuracy", "macro-F1", "unparseable", "token F1", "loss"):
+        table.add_column(col, justify="right")
+    for name, m in metrics["systems"].items():
+        cls, gen = m.get("classification", {}), m.get("generation", {})
+        table.add_row(
+            name + (f" ({m['note']})" if m.get("note") else ""),
+            _with_ci(cls.get("accuracy"), cls.get("ci", {}).get("accuracy")),
+            _with_ci(cls.get("macro", {}).get("f1"), cls.get("ci", {}).get("macro_f1")),
+            f"{cls['unparseable_rate']:.1%}" if cls else "—",
+            _with_ci(gen.get("token_f1"), gen.get("ci", {}).get("token_f1")),
+            f"{m['loss']:.3f}" if m.get("loss") is not None else "—",
+        )
+    return table
+
+
+def _answer_budget(loaded: Any, labels: list[str], limit: int) -> int:
+    # Labels are short: stop a few tokens after the longest one instead of generating `limit`
+    # tokens of explanation (the first clause decides the label anyway).
+    longest = max(len(loaded.tokenizer(label, add_special_tokens=False)["input_ids"]) for label in labels)
+    return min(limit, longest + 8)
+
+
+def predict_system(loaded: Any, rows: list[dict[str, Any]], cfg: RunConfig, labels: list[str] | None,
+                   parser: LabelParser | None, desc: str) -> SystemOutput:
+    """Run one loaded model (tuned or base) over the rows: head argmax, or generate and parse."""
+    from tuneloop.encode import classify_messages, render_prompt
+    from tuneloop.evaluate.predict import generate, predict_head
+    from tuneloop.train import validation_loss
+
+    if loaded.kind == "head":
+        return SystemOutput(labels=predict_head(loaded, [r["input"] for r in rows], batch_size=cfg.eval.batch_size, desc=desc))
+    if cfg.task == "classify":
+        assert labels is not None
+        msgs = [classify_messages(r["input"], labels, system_prompt=cfg.train.system_prompt) for r in rows]
+        budget = _answer_budget(loaded, labels, cfg.eval.max_new_tokens)
+    else:
+        msgs = [r["row"]["messages"][:-1] for r in rows]
+        budget = cfg.eval.max_new_tokens
+    prompts = [render_prompt(loaded.tokenizer, m) for m in msgs]
+    texts = generate(loaded, prompts, batch_size=cfg.eval.batch_size, max_new_tokens=budget, desc=desc)
+    return SystemOutput(
+        texts=texts,
+        labels=[parser(t) for t in texts] if parser else None,
+        loss=validation_loss(loaded, [r["row"] for r in rows]),
+    )
+
+
+def _model_outputs(run_dir: Path, rows: list[dict[str, Any]], cfg: RunConfig, labels: list[str] | None) -> dict[str, SystemOutput]:
+    from tuneloop.train import load_trained
+
+    parser = LabelParser(labels, cfg.eval.synonyms) if labels else None
+    loaded = load_trained(run_dir)
+    systems = {"tuned": predict_system(loaded, rows, cfg, labels, parser, "tuned model")}
+    kind = loaded.kind
+    del loaded
+    gc.collect()  # free the tuned weights before loading the base model
+    if cfg.eval.base_too:
+        base = load_trained(run_dir, base_only=True)
+        systems["base"] = predict_system(base, rows, cfg, labels, parser, "base model (zero-shot)")
+        if kind == "head":
+            systems["base"].note = "untrained head (chance)"
+        del base
+        gc.collect()
+    return systems
+
+
+def _baseline(data_dir: Path | None, rows: list[dict[str, Any]], seed: int) -> SystemOutput | None:
+    from tuneloop.evaluate.baseline import fit_baseline
+
+    train_file = data_dir / "train.jsonl" if data_dir else None
+    if train_file is None or not train_file.is_file():
+        return None  # nothing to train it on; the report says the baseline was skipped
+    train = eval_rows(read_jsonl(train_file), "classify", train_file)
+    model = fit_baseline([r["input"] for r in train], [r["label"] for r in train], seed=seed)
+    return SystemOutput(labels=model.predict([r["input"] for r in rows]).tolist())
+
+
+def _labels(cfg: RunConfig, manifest: dict[str, Any], rows: list[dict[str, Any]]) -> list[str] | None:
+    """The label set: the manifest's, plus any unseen test labels; None for open generation."""
+    known = list(manifest.get("labels") or [])
+    if cfg.task == "generate" and not known:
+        return None
+    return known + sorted({r["label"] for r in rows} - set(known))
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    from tuneloop.report import write
+
+    write(path, json.dumps(obj, indent=2, ensure_ascii=False, default=str) + "\n")
+
+
+def write_outputs(run_dir: Path, scored: Scored) -> Path:
+    """Write `RUN/eval/metrics.json`, `predictions.jsonl` and `fixed_broken.json`; return the folder."""
+    from tuneloop.report import write
+
+    out = run_dir / "eval"
+    _write_json(out / "metrics.json", scored.metrics)
+    write(out / "predictions.jsonl", "".join(json.dumps(p, ensure_ascii=False) + "\n" for p in scored.predictions))
+    _write_json(out / "fixed_broken.json", {"fixed": scored.fixed, "broken": scored.broken})
+    return out
+
+
+def run(run_dir: Path, config: Path | None = None, overrides: dict[str, Any] | None = None) -> EvalResult:
+    """Evaluate a trained run on held-out data and write its metrics, predictions and report.
+
+    Args:
+        run_dir: Folder written by `tuneloop train`.
+        config: Optional extra YAML applied over `RUN/config.yaml`.
+        overrides: Dotted config fields from the CLI (`eval.batch_size`); None values are ignored.
+
+    Returns:
+        The metrics and the report path; `.summary()` is a table for the terminal.
+    """
+    from tuneloop.report import write_run_report
+
+    run_dir = Path(run_dir)
+    cfg = load_run_config(run_dir, config, overrides or {})
+    data_dir = cfg.train.data
+    manifest_path = data_dir / "manifest.json" if data_dir else None
+    manifest = json.loads(manifest_path.read_text(encoding="utf-8")) if manifest_path and manifest_path.is_file() else {}
+    test_file = cfg.eval.data or (data_dir / "test.jsonl" if data_dir else None)
+    if test_file is None:
+        raise TuneloopError(f"{run_dir}/config.yaml names no data folder (train.data); pass --data TEST.jsonl")
+    rows = eval_rows(read_jsonl(test_file), cfg.task, test_file)[: cfg.eval.max_examples]
+    if not rows:
+        raise TuneloopError(f"{test_file} has no examples to evaluate on")
+    labels = _labels(cfg, manifest, rows)
+    systems = _model_outputs(run_dir, rows, cfg, labels)
+    if cfg.task == "classify" and cfg.eval.baseline and (bl := _baseline(data_dir, rows, cfg.seed)) is not None:
+        systems["baseline"] = bl
+    scored = score(rows, systems, task=cfg.task, labels=labels, n_boot=cfg.eval.bootstrap, seed=cfg.seed)
+    scored.metrics.update({
+        "run": str(run_dir), "test_file": str(test_file), "test_sha256": sha256(test_file),
+        "manifest": manifest, "curves": curve_summary(read_curves(run_dir / "metrics.jsonl"), cfg.eval.overfit_window),
+        "environment": environment(cfg), "config": cfg.model_dump(mode="json"),
+    })
+    write_outputs(run_dir, scored)
+    return EvalResult(run_dir, scored.metrics, write_run_report(run_dir))
