@@ -164,6 +164,55 @@ class TuneConfig(_Section):
     refit: bool = Field(False, description="Retrain the best config on train+val at the end.")
 
 
+class DeriveRule(_Section):
+    """A group derived by a rule: bins of a numeric `meta` field, or which term group the text mentions."""
+
+    field: str | None = Field(None, description="Numeric field of the rows' `meta` to cut into bins.")
+    bins: list[float] | None = Field(None, description="Bin edges for `field`, e.g. [0, 30, 50, 120] (left-closed).")
+    terms: str | None = Field(None, description="Term axis (e.g. `gender_names`): the group is which of its groups the text mentions.")
+
+    @model_validator(mode="after")
+    def _one_rule(self) -> DeriveRule:
+        if (self.field is None) == (self.terms is None):
+            raise ValueError("give either `field` with `bins`, or `terms` (a term axis name)")
+        if self.field is not None and (not self.bins or len(self.bins) < 2 or self.bins != sorted(self.bins)):
+            raise ValueError(f"`bins` must be at least two increasing edges for field {self.field!r} (got {self.bins})")
+        return self
+
+
+class FairnessThresholds(_Section):
+    """The fairness gate: a check fails when a value exceeds its threshold (None: not checked)."""
+
+    max_equalized_odds_difference: float | None = Field(0.2, ge=0, description="Worst label's equalized-odds difference, any attribute.")
+    max_demographic_parity_difference: float | None = Field(None, ge=0, description="Worst label's demographic-parity difference (off by default: base rates may differ).")
+    max_accuracy_gap: float | None = Field(None, ge=0, description="Best group's accuracy minus the worst group's.")
+    max_flip_rate: float | None = Field(0.1, ge=0, le=1, description="Share of examples whose prediction changes when identity terms are swapped, any axis.")
+    max_output_change: float | None = Field(None, ge=0, le=1, description="Generation: mean 1 - ROUGE-L between original and counterfactual answers.")
+    max_stereotype_score: float | None = Field(None, ge=0, le=1, description="CrowS-Pairs share of pairs where the model prefers the stereotype (0.5 is unbiased).")
+    max_increase: float | None = Field(0.05, ge=0, description="Largest allowed rise of any checked value over the reference model (base or `against`).")
+
+
+class FairnessConfig(_Section):
+    """Bias and fairness audit of a run (`tuneloop fairness`): group metrics, counterfactuals, stereotypes, gate."""
+
+    data: Path | None = Field(None, description="Test file (default: the run's prepared test.jsonl).")
+    attributes: list[str] = Field(default_factory=list, description="Sensitive attribute fields of the rows' `meta` (empty: any of gender, sex, race, ethnicity, age, age_band, region, religion, nationality, disability, condition present).")
+    expected_groups: dict[str, list[str]] = Field(default_factory=dict, description="Groups an attribute must have in the test data; one with no examples is an error.")
+    derive: dict[str, DeriveRule] = Field(default_factory=dict, description="Groups derived by a rule, by name.")
+    min_group_size: int = Field(30, gt=0, description="Smaller groups get a confidence interval and a warning, and are left out of disparities.")
+    terms: Path | None = Field(None, description="JSON term file for counterfactual swaps (default: bundled lists from wefe and checklist).")
+    axes: list[str] = Field(default_factory=list, description="Term axes to swap (empty: all in the file).")
+    max_variants: int = Field(3, gt=0, description="Counterfactual variants per example and axis.")
+    max_examples: int | None = Field(None, gt=0, description="Audit at most this many test examples.")
+    base_too: bool = Field(True, description="Audit the untuned base model too, as the reference for `max_increase`.")
+    against: Path | None = Field(None, description="Run folder whose fairness/result.json is the reference (e.g. the served model) instead of the base.")
+    benchmark: Literal["crows_pairs", "none"] = Field("crows_pairs", description="Stereotype benchmark for language models (skipped for classification heads).")
+    benchmark_max_pairs: int | None = Field(300, gt=0, description="Score at most this many benchmark pairs (a seeded sample).")
+    batch_size: int = Field(16, gt=0, description="Examples per prediction batch.")
+    max_new_tokens: int = Field(64, gt=0, description="Generation limit for counterfactual answers.")
+    thresholds: FairnessThresholds = Field(default_factory=FairnessThresholds)
+
+
 class RunConfig(_Section):
     """A whole run: shared fields plus one section per stage."""
 
@@ -175,6 +224,7 @@ class RunConfig(_Section):
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     tune: TuneConfig = Field(default_factory=TuneConfig)
+    fairness: FairnessConfig = Field(default_factory=FairnessConfig)
 
 
 def format_validation_error(err: ValidationError) -> str:
