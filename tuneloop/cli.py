@@ -141,6 +141,31 @@ def eval_(
 
 
 @app.command()
+def fairness(
+    run: Path = typer.Argument(..., help="Run folder written by `tuneloop train`."),
+    config: Optional[Path] = ConfigOpt,
+    data: Optional[Path] = typer.Option(None, help="Test file (default: the run's prepared test.jsonl)."),
+    attribute: Optional[list[str]] = typer.Option(None, help="Sensitive attribute field of the rows' meta (repeatable)."),
+    terms: Optional[Path] = typer.Option(None, help="JSON term file for counterfactual swaps."),
+    base_too: Optional[bool] = typer.Option(None, "--base-too/--no-base-too", help="Also audit the untuned base."),
+    against: Optional[Path] = typer.Option(None, help="Run folder whose fairness result is the reference."),
+    benchmark: Optional[str] = typer.Option(None, help="crows_pairs or none."),
+    max_examples: Optional[int] = typer.Option(None, help="Audit at most this many test examples."),
+) -> None:
+    """Audit bias (group metrics, counterfactual swaps, CrowS-Pairs); exit 1 when a fairness threshold fails."""
+    from tuneloop import fairness as fairness_stage
+
+    result = fairness_stage.run(run, config, {
+        "fairness.data": data, "fairness.attributes": attribute or None, "fairness.terms": terms,
+        "fairness.base_too": base_too, "fairness.against": against, "fairness.benchmark": benchmark,
+        "fairness.max_examples": max_examples,
+    })
+    console.print(result.summary())
+    if not result.passed:
+        raise TuneloopError("fairness gate failed: " + "; ".join(result.failures()))
+
+
+@app.command()
 def tune(
     config: Optional[Path] = ConfigOpt,
     out: Optional[Path] = typer.Option(None, help="Study folder (trials, study.db, best.yaml, report)."),

@@ -189,7 +189,7 @@ class FairnessThresholds(_Section):
     max_flip_rate: float | None = Field(0.1, ge=0, le=1, description="Share of examples whose prediction changes when identity terms are swapped, any axis.")
     max_output_change: float | None = Field(None, ge=0, le=1, description="Generation: mean 1 - ROUGE-L between original and counterfactual answers.")
     max_stereotype_score: float | None = Field(None, ge=0, le=1, description="CrowS-Pairs share of pairs where the model prefers the stereotype (0.5 is unbiased).")
-    max_increase: float | None = Field(0.05, ge=0, description="Largest allowed rise of any checked value over the reference model (base or `against`).")
+    max_increase: float | None = Field(0.05, ge=0, description="Largest allowed rise of a value over the reference: every value vs `against`; vs the base only the stereotype score and output change.")
 
 
 class FairnessConfig(_Section):
