@@ -1,0 +1,703 @@
+"""`tuneloop train`: fine-tune a base model (LoRA or full) in one visible loop.
+
+run(cfg) → _Trainer: data and model set up, then `_Trainer.fit()` holds the loop: forward on the
+positions that carry loss, `loss.backward()`, clipping, `optimizer.step()`, validation, early
+stopping and atomic checkpoints from which `resume(run_dir)` continues exactly.
+
+A run folder holds `config.yaml` (resolved), `metrics.jsonl`, `checkpoints/step-N/` (the last few)
+and `checkpoints/best-N/`, `model/` (the best adapter or weights + tokenizer + `tuneloop.json`) and
+`train_summary.json`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import random
+import resource
+import shutil
+import signal
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator, Literal
+
+import torch
+import torch.nn.functional as F
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+from safetensors.torch import load_file, load_model, save_file, save_model
+
+from tuneloop import models
+from tuneloop.config import RunConfig, load_config, save_config
+from tuneloop.encode import IGNORE, Encoded, collate, encode_rows, epoch_batches, eval_batches
+from tuneloop.errors import TuneloopError
+
+console = Console(stderr=True)
+OnValidate = Callable[[int, float], None]
+META = "tuneloop.json"  # in RUN/model: kind, method, labels, resolved base
+
+
+# ---------------------------------------------------------------- results
+
+
+@dataclass
+class TrainResult:
+    """What a finished run reports; the same numbers are in `RUN/train_summary.json`."""
+
+    run_dir: Path
+    best_val_loss: float
+    steps: int
+    tokens_per_s: float
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def summary(self) -> Table:
+        """A two-column table of the run's summary for the CLI."""
+        table = Table(title=f"training run {self.run_dir}", show_header=False)
+        for key, value in self.info.items():
+            table.add_row(key, f"{value:,.4g}" if isinstance(value, float) else str(value))
+        return table
+
+
+@dataclass
+class Loaded:
+    """A trained (or base) model ready for evaluation: eval mode, on the best device."""
+
+    model: torch.nn.Module
+    tokenizer: Any
+    cfg: RunConfig
+    labels: list[str] | None
+    kind: Literal["lm", "head"]
+
+
+@dataclass
+class _State:
+    """Everything about progress that a checkpoint must restore (plain values, saved as JSON)."""
+
+    step: int = 0
+    epoch: int = 0
+    batch_in_epoch: int = 0  # micro-batches of `epoch` already trained on
+    tokens_seen: int = 0  # real (non-padding) tokens
+    loss_tokens: int = 0
+    train_seconds: float = 0.0  # time inside optimizer steps only
+    best_val_loss: float = math.inf
+    best_step: int = -1
+    bad_evals: int = 0  # validations since the last improvement
+    last_val_step: int = -1
+    stopped: str = ""
+
+
+# ---------------------------------------------------------------- data
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    if not path.is_file():
+        raise TuneloopError(f"{path} does not exist; run `tuneloop prepare --out {path.parent}` first or fix --data")
+    rows = []
+    with path.open(encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as e:
+                raise TuneloopError(f"{path} line {n} is not valid JSON ({e.msg}); re-run `tuneloop prepare`") from None
+    if not rows:
+        raise TuneloopError(f"{path} has no rows; prepare more data or raise the split's fraction in `tuneloop prepare`")
+    return rows
+
+
+def _manifest(data_dir: Path) -> dict[str, Any]:
+    path = data_dir / "manifest.json"
+    if not path.is_file():
+        raise TuneloopError(f"{path} does not exist; --data must be a folder written by `tuneloop prepare`")
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def _resolve_task(cfg: RunConfig, manifest: dict[str, Any]) -> RunConfig:
+    """The data decides the task: the manifest's task wins over the config default."""
+    task = manifest.get("task") or cfg.task
+    if "task" in cfg.model_fields_set and cfg.task != task:
+        console.print(f"[yellow]warning:[/] task {cfg.task} given, but the data was prepared for {task}; training {task}")
+    if task == "classify" and not manifest.get("labels"):
+        raise TuneloopError("manifest.json has no labels for a classify task; re-run `tuneloop prepare --task classify`")
+    cfg = cfg.model_copy(deep=True)
+    cfg.task = task
+    return cfg
+
+
+def _kind(cfg: RunConfig) -> Literal["lm", "head"]:
+    return "head" if cfg.task == "classify" and cfg.train.classify_as == "head" else "lm"
+
+
+def _encode(cfg: RunConfig, tokenizer: Any, rows: list[dict], labels: list[str] | None, source: str) -> tuple[list[Encoded], int]:
+    return encode_rows(
+        rows, tokenizer, task=cfg.task, kind=_kind(cfg), max_length=cfg.train.max_length, labels=labels,
+        system_prompt=cfg.train.system_prompt, source=source,
+    )
+
+
+# ---------------------------------------------------------------- model
+
+
+def _device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _cpu_has_fast_bf16() -> bool:
+    # bf16 matmuls are ~2x fp32 only with native bf16 instructions (AVX512-BF16 or AMX).
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def _use_bf16(precision: str, device: torch.device) -> bool:
+    if precision != "auto":
+        return precision == "bf16"
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return _cpu_has_fast_bf16()
+
+
+def _autocast(device: torch.device, bf16: bool) -> contextlib.AbstractContextManager:
+    return torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+
+
+def _quiet_transformers() -> None:
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+
+
+def _linear_names(model: torch.nn.Module) -> list[str]:
+    return sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)})
+
+
+def _add_lora(model: torch.nn.Module, cfg: RunConfig, kind: str) -> torch.nn.Module:
+    from peft import LoraConfig, TaskType, get_peft_model
+
+    lc = cfg.train.lora
+    config = LoraConfig(
+        r=lc.r, lora_alpha=lc.alpha, lora_dropout=lc.dropout, target_modules=lc.target_modules,
+        task_type=TaskType.CAUSAL_LM if kind == "lm" else TaskType.SEQ_CLS,
+    )
+    try:
+        return get_peft_model(model, config)
+    except ValueError as e:
+        if "target" not in str(e).lower():
+            raise
+        raise TuneloopError(
+            f"train.lora.target_modules {lc.target_modules!r} matches no module of {cfg.base}; use `all-linear` or "
+            f"names from: {', '.join(_linear_names(model))}"
+        ) from None
+
+
+def _build_model(cfg: RunConfig, base_path: Path | str, kind: str, labels: list[str] | None, tokenizer: Any) -> torch.nn.Module:
+    """The base model with LoRA adapters (or all weights trainable), seeded, in train mode."""
+    torch.manual_seed(cfg.seed)  # a new head and the LoRA init depend on it
+    model = models.load_model(
+        base_path, kind, labels=labels, pad_token_id=tokenizer.pad_token_id, trust_remote_code=cfg.trust_remote_code
+    )
+    model.config.use_cache = False  # a KV cache in training breaks packed-sequence isolation
+    if cfg.train.gradient_checkpointing:
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    if cfg.train.method == "lora":
+        model = _add_lora(model, cfg, kind)
+    return model.train()
+
+
+def _core(model: torch.nn.Module) -> torch.nn.Module:
+    """The transformers model inside a peft wrapper (LoRA layers are injected in place)."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def loss_sum(model: torch.nn.Module, batch: dict[str, torch.Tensor], kind: str) -> torch.Tensor:
+    """Summed cross-entropy of a micro-batch over the positions that carry loss.
+
+    For a causal LM the decoder runs on all tokens, but the LM head (a 49k-vocabulary matmul that
+    dominates time and memory) runs only on positions whose target is an answer token.
+    """
+    if kind == "head":
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        return F.cross_entropy(logits.float(), batch["labels"], reduction="sum")
+    lm = _core(model)
+    hidden = lm.get_decoder()(
+        input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask"),
+        position_ids=batch.get("position_ids"), use_cache=False,
+    ).last_hidden_state
+    keep = batch["targets"] != IGNORE
+    logits = lm.get_output_embeddings()(hidden[keep]).float()
+    return F.cross_entropy(logits, batch["targets"][keep], reduction="sum")
+
+
+def _n_loss(batch: dict[str, torch.Tensor]) -> int:
+    return len(batch["labels"]) if "labels" in batch else int((batch["targets"] != IGNORE).sum())
+
+
+def _to(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+
+
+@torch.no_grad()
+def _mean_loss(model: torch.nn.Module, examples: list[Encoded], kind: str, batch_size: int, pad_id: int,
+               device: torch.device, bf16: bool) -> float:
+    """Mean loss per loss token (LM) or per example (head) over `examples`, in eval mode."""
+    was_training = model.training
+    model.eval()
+    total, n = 0.0, 0
+    for rows in eval_batches(examples, batch_size):
+        batch = _to(collate(examples, rows, pad_id), device)
+        with _autocast(device, bf16):
+            total += float(loss_sum(model, batch, kind))
+        n += _n_loss(batch)
+    model.train(was_training)
+    return total / max(n, 1)
+
+
+# ---------------------------------------------------------------- checkpoints
+
+
+def _atomic_dir(final: Path, write: Callable[[Path], None]) -> None:
+    """Write a folder under a temporary name and rename it: a crash never leaves half a checkpoint."""
+    tmp = final.parent / f".tmp-{final.name}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    write(tmp)
+    shutil.rmtree(final, ignore_errors=True)
+    tmp.rename(final)
+
+
+def _save_weights(model: torch.nn.Module, folder: Path, method: str) -> None:
+    if method == "lora":
+        from peft import get_peft_model_state_dict
+
+        save_file({k: v.contiguous() for k, v in get_peft_model_state_dict(model).items()}, folder / "adapter.safetensors")
+    else:
+        save_model(model, str(folder / "model.safetensors"))  # handles tied weights
+
+
+def _load_weights(model: torch.nn.Module, folder: Path, method: str) -> None:
+    if method == "lora":
+        from peft import set_peft_model_state_dict
+
+        set_peft_model_state_dict(model, load_file(folder / "adapter.safetensors"))
+    else:
+        load_model(model, str(folder / "model.safetensors"))
+
+
+def _save_optimizer(opt: torch.optim.Optimizer, folder: Path) -> None:
+    sd = opt.state_dict()
+    tensors, plain = {}, {}
+    for idx, st in sd["state"].items():
+        for k, v in st.items():
+            if isinstance(v, torch.Tensor):
+                tensors[f"{idx}.{k}"] = v.contiguous()
+            else:
+                plain[f"{idx}.{k}"] = v
+    save_file(tensors, folder / "optimizer.safetensors")
+    (folder / "optimizer.json").write_text(json.dumps({"param_groups": sd["param_groups"], "plain": plain}))
+
+
+def _load_optimizer(opt: torch.optim.Optimizer, folder: Path) -> None:
+    meta = json.loads((folder / "optimizer.json").read_text())
+    state: dict[int, dict[str, Any]] = {}
+    for key, v in [*load_file(folder / "optimizer.safetensors").items(), *meta["plain"].items()]:
+        idx, name = key.split(".", 1)
+        state.setdefault(int(idx), {})[name] = v
+    opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+
+
+def _rng_state() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    tensors = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        tensors |= {f"cuda{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())}
+    return tensors, {"python": random.getstate()}
+
+
+def _set_rng_state(tensors: dict[str, torch.Tensor], plain: dict[str, Any]) -> None:
+    torch.set_rng_state(tensors["torch"])
+    if torch.cuda.is_available() and "cuda0" in tensors:
+        torch.cuda.set_rng_state_all([tensors[f"cuda{i}"] for i in range(torch.cuda.device_count())])
+    version, internal, gauss = plain["python"]
+    random.setstate((version, tuple(internal), gauss))
+
+
+def _step_dirs(ckpt: Path, prefix: str) -> list[Path]:
+    return sorted(ckpt.glob(f"{prefix}-[0-9]*"), key=lambda p: int(p.name.rsplit("-", 1)[1]))
+
+
+# ---------------------------------------------------------------- the trainer
+
+
+class _Trainer:
+    """One training run: set up from a resolved config, then `fit()` runs the loop."""
+
+    def __init__(self, cfg: RunConfig, run_dir: Path, on_validate: OnValidate | None = None) -> None:
+        _quiet_transformers()
+        t = cfg.train
+        if t.threads:
+            torch.set_num_threads(t.threads)
+        self.cfg, self.run_dir, self.on_validate = cfg, run_dir, on_validate
+        self.ckpt_dir = run_dir / "checkpoints"
+        self.kind = _kind(cfg)
+        manifest = _manifest(Path(t.data))
+        self.labels = manifest.get("labels") if cfg.task == "classify" else None
+        self.base_path = models.resolve(cfg.base, task=cfg.task, classify_as=t.classify_as)
+        self.tokenizer = models.load_tokenizer(self.base_path, cfg.trust_remote_code)
+        self.train_set, dropped = _encode(cfg, self.tokenizer, _read_jsonl(Path(t.data) / "train.jsonl"), self.labels, "train.jsonl")
+        val_rows = _read_jsonl(Path(t.data) / "val.jsonl")[: t.max_eval_examples]
+        self.val_set, _ = _encode(cfg, self.tokenizer, val_rows, self.labels, "val.jsonl")
+        if dropped:
+            console.print(f"[yellow]warning:[/] {dropped} training rows dropped: their prompt is longer than "
+                          f"max_length {t.max_length}")
+        self.device = _device()
+        self.bf16 = _use_bf16(t.precision, self.device)
+        self.model = _build_model(cfg, self.base_path, self.kind, self.labels, self.tokenizer).to(self.device)
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(self.params, lr=t.lr, weight_decay=t.weight_decay)
+        self._order: tuple[int, list[list[list[int]]]] = (-1, [])
+        self.batches_per_epoch = len(self._epoch(0))
+        steps_per_epoch = math.ceil(self.batches_per_epoch / t.grad_accum)
+        self.total_steps = t.max_steps or max(1, math.ceil(t.epochs * steps_per_epoch))
+        from transformers import get_scheduler
+
+        name = {"constant": "constant_with_warmup"}.get(t.schedule, t.schedule)
+        self.scheduler = get_scheduler(name, self.optimizer, round(t.warmup * self.total_steps), self.total_steps)
+        self.state = _State()
+        self.dropped, self.interrupted = dropped, False
+
+    # ---- data order: a pure function of (seed, epoch), so a resumed run sees the same batches
+    def _epoch(self, epoch: int) -> list[list[list[int]]]:
+        t = self.cfg.train
+        if self._order[0] != epoch:
+            self._order = (epoch, epoch_batches(self.train_set, t.batch_size, self.cfg.seed * 100_003 + epoch, packing=t.packing and self.kind == "lm",
+                             group_by_length=t.group_by_length, max_length=t.max_length))
+        return self._order[1]
+
+    # ---- the loop
+    def fit(self) -> TrainResult:
+        """Train until max steps, the epochs, or early stopping; then write the model and summary."""
+        t, s = self.cfg.train, self.state
+        pad = self.tokenizer.pad_token_id
+        started = time.perf_counter()
+        with self._progress() as bar, self._sigint():
+            task = bar.add_task("training", total=self.total_steps, completed=s.step, loss=float("nan"), tps=0.0)
+            while s.step < self.total_steps and not s.stopped:
+                batches = self._epoch(s.epoch)
+                group = batches[s.batch_in_epoch : s.batch_in_epoch + t.grad_accum]
+                loss, tokens, seconds = self._step([collate(self.train_set, rows, pad) for rows in group])
+                s.step += 1
+                s.batch_in_epoch += len(group)
+                s.tokens_seen += tokens
+                s.train_seconds += seconds
+                self._log({"kind": "train", "step": s.step, "epoch": round(s.epoch + s.batch_in_epoch / len(batches), 4),
+                           "loss": loss, "lr": self.scheduler.get_last_lr()[0], "tokens_per_s": tokens / seconds})
+                bar.update(task, completed=s.step, loss=loss, tps=tokens / seconds)
+                self._after_step(epoch_done=s.batch_in_epoch >= len(batches))
+        return self._finish(time.perf_counter() - started)
+
+    def _step(self, micro: list[dict[str, torch.Tensor]]) -> tuple[float, int, float]:
+        """One optimizer step over a few micro-batches; the loss is the mean over all their loss tokens."""
+        t0 = time.perf_counter()
+        n_loss = sum(_n_loss(b) for b in micro)
+        total = 0.0
+        for batch in micro:
+            batch = _to(batch, self.device)
+            with _autocast(self.device, self.bf16):
+                loss = loss_sum(self.model, batch, self.kind) / n_loss
+            loss.backward()
+            total += float(loss.detach())
+        if self.cfg.train.max_grad_norm:
+            torch.nn.utils.clip_grad_norm_(self.params, self.cfg.train.max_grad_norm)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.state.loss_tokens += n_loss
+        return total, int(sum(b["n_tokens"] for b in micro)), time.perf_counter() - t0
+
+    def _after_step(self, epoch_done: bool) -> None:
+        t, s = self.cfg.train, self.state
+        if epoch_done:
+            s.epoch, s.batch_in_epoch = s.epoch + 1, 0
+        last = s.step >= self.total_steps
+        if s.step % t.eval_every == 0 or epoch_done or last:
+            self._validate()
+        if self.interrupted:
+            s.stopped = "interrupted"
+        if s.step % t.save_every == 0 or last or s.stopped:
+            self._checkpoint()
+
+    def _validate(self) -> None:
+        t, s = self.cfg.train, self.state
+        val = _mean_loss(self.model, self.val_set, self.kind, t.batch_size, self.tokenizer.pad_token_id, self.device, self.bf16)
+        s.last_val_step = s.step
+        self._log({"kind": "val", "step": s.step, "epoch": round(s.epoch + s.batch_in_epoch / self.batches_per_epoch, 4), "loss": val})
+        if val < s.best_val_loss:
+            s.best_val_loss, s.best_step, s.bad_evals = val, s.step, 0
+            _atomic_dir(self.ckpt_dir / f"best-{s.step:06d}", lambda d: _save_weights(self.model, d, t.method))
+        else:
+            s.bad_evals += 1
+            if t.patience and s.bad_evals >= t.patience:
+                s.stopped = "early_stopping"
+        if self.on_validate:
+            self.on_validate(s.step, val)
+
+    def _checkpoint(self) -> None:
+        s = self.state
+
+        def write(d: Path) -> None:
+            _save_weights(self.model, d, self.cfg.train.method)
+            _save_optimizer(self.optimizer, d)
+            tensors, plain = _rng_state()
+            save_file(tensors, d / "rng.safetensors")
+            state = {"progress": asdict(s), "scheduler": self.scheduler.state_dict(), "rng": plain}
+            (d / "state.json").write_text(json.dumps(state))
+
+        _atomic_dir(self.ckpt_dir / f"step-{s.step:06d}", write)
+        for old in _step_dirs(self.ckpt_dir, "step")[: -self.cfg.train.keep_last]:
+            shutil.rmtree(old)
+        # Older best weights go only now: until this checkpoint, the previous one still points at them.
+        for old in _step_dirs(self.ckpt_dir, "best"):
+            if old.name != f"best-{s.best_step:06d}":
+                shutil.rmtree(old)
+
+    def restore(self) -> bool:
+        """Continue from the last complete checkpoint, if there is one (False: start from scratch)."""
+        steps = _step_dirs(self.ckpt_dir, "step")
+        if not steps:
+            return False
+        d = steps[-1]
+        saved = json.loads((d / "state.json").read_text())
+        _load_weights(self.model, d, self.cfg.train.method)
+        _load_optimizer(self.optimizer, d)
+        self.scheduler.load_state_dict(saved["scheduler"])
+        self.state = _State(**saved["progress"])
+        if self.state.stopped == "interrupted":
+            self.state.stopped = ""
+        for stale in _step_dirs(self.ckpt_dir, "best"):  # written after the checkpoint: will be redone
+            if int(stale.name.rsplit("-", 1)[1]) > self.state.step:
+                shutil.rmtree(stale)
+        _set_rng_state(load_file(d / "rng.safetensors"), saved["rng"])
+        self._truncate_metrics(self.state.step)
+        return True
+
+    def _truncate_metrics(self, step: int) -> None:
+        # Lines written after the checkpoint belong to steps that will be trained again.
+        path = self.run_dir / "metrics.jsonl"
+        if path.is_file():
+            keep = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] <= step]
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text("".join(k + "\n" for k in keep))
+            tmp.replace(path)
+
+    def _log(self, record: dict[str, Any]) -> None:
+        with (self.run_dir / "metrics.jsonl").open("a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def _progress(self) -> Progress:
+        return Progress(
+            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("loss {task.fields[loss]:.4f}"), TextColumn("{task.fields[tps]:,.0f} tok/s"),
+            TimeRemainingColumn(), console=console,
+        )
+
+    @contextlib.contextmanager
+    def _sigint(self) -> Iterator[None]:
+        """First Ctrl-C: finish the step, save a checkpoint, stop. A second one interrupts at once."""
+        def handler(signum: int, frame: Any) -> None:
+            self.interrupted = True
+            console.print("[yellow]Ctrl-C: saving a checkpoint after this step (again to abort)[/]")
+            signal.signal(signal.SIGINT, previous)
+
+        try:
+            previous = signal.signal(signal.SIGINT, handler)
+        except ValueError:  # not the main thread: leave signals alone
+            yield
+            return
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGINT, previous)
+
+    def _finish(self, wall: float) -> TrainResult:
+        s, t = self.state, self.cfg.train
+        if s.stopped == "interrupted":
+            raise TuneloopError(f"interrupted at step {s.step}; checkpoint saved, continue with `tuneloop train --resume {self.run_dir}`")
+        _load_weights(self.model, self.ckpt_dir / f"best-{s.best_step:06d}", t.method)
+        self._write_model()
+        info = {
+            "task": self.cfg.task, "kind": self.kind, "method": t.method, "base": str(self.base_path),
+            "steps": s.step, "epochs": round(s.step / max(1, math.ceil(self.batches_per_epoch / t.grad_accum)), 3),
+            "stopped": s.stopped or ("max_steps" if t.max_steps else "epochs"),
+            "best_val_loss": s.best_val_loss, "best_step": s.best_step, "train_examples": len(self.train_set),
+            "dropped_examples": self.dropped, "tokens_seen": s.tokens_seen, "loss_tokens": s.loss_tokens,
+            "tokens_per_s": s.tokens_seen / max(s.train_seconds, 1e-9), "train_seconds": s.train_seconds,
+            "wall_seconds": wall, "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "bf16": self.bf16, "device": str(self.device),
+        }
+        if self.device.type == "cuda":
+            info["peak_gpu_mib"] = torch.cuda.max_memory_allocated() / 2**20
+        (self.run_dir / "train_summary.json").write_text(json.dumps(info, indent=1))
+        return _result(self.run_dir, info)
+
+    def _write_model(self) -> None:
+        meta = {"kind": self.kind, "method": self.cfg.train.method, "labels": self.labels, "base": str(self.base_path),
+                "task": self.cfg.task, "best_step": self.state.best_step}
+
+        def write(d: Path) -> None:
+            self.model.save_pretrained(d)
+            self.tokenizer.save_pretrained(d)
+            (d / META).write_text(json.dumps(meta, indent=1))
+
+        _atomic_dir(self.run_dir / "model", write)
+
+
+def _result(run_dir: Path, info: dict[str, Any]) -> TrainResult:
+    return TrainResult(run_dir, info["best_val_loss"], info["steps"], info["tokens_per_s"], info)
+
+
+# ---------------------------------------------------------------- entry points
+
+
+def _prepare_run(cfg: RunConfig) -> tuple[RunConfig, Path]:
+    t = cfg.train
+    if t.data is None:
+        raise TuneloopError("no training data: give --data DIR (a folder written by `tuneloop prepare`)")
+    if t.out is None:
+        raise TuneloopError("no run folder: give --out RUN (where checkpoints, metrics and the model go)")
+    cfg = _resolve_task(cfg, _manifest(Path(t.data)))
+    run_dir = Path(t.out).resolve()
+    if (run_dir / "checkpoints").exists() or (run_dir / "model").exists():
+        raise TuneloopError(f"{run_dir} already holds a training run; continue it with --resume {run_dir} or choose another --out")
+    cfg.train.data, cfg.train.out = Path(t.data).resolve(), run_dir
+    return cfg, run_dir
+
+
+def run(cfg: RunConfig, on_validate: OnValidate | None = None) -> TrainResult:
+    """Fine-tune `cfg.base` on `cfg.train.data` into the run folder `cfg.train.out`.
+
+    Args:
+        cfg: The run config; `task` comes from the data's manifest unless given.
+        on_validate: Called as `on_validate(step, val_loss)` after each validation (e.g. for
+            pruning a hyperparameter trial); an exception it raises stops training.
+
+    Returns:
+        The run's summary (also in `RUN/train_summary.json`); the best model is in `RUN/model/`.
+
+    Raises:
+        TuneloopError: bad data, a bad base model or LoRA target, a too-short max length, or Ctrl-C
+            (after saving a checkpoint).
+    """
+    cfg, run_dir = _prepare_run(cfg)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, run_dir / "config.yaml")
+    (run_dir / "metrics.jsonl").unlink(missing_ok=True)
+    return _Trainer(cfg, run_dir, on_validate).fit()
+
+
+def resume(run_dir: Path, on_validate: OnValidate | None = None) -> TrainResult:
+    """Continue a run from its last checkpoint; the result equals an uninterrupted run with the same seed.
+
+    A finished run returns its summary; a run killed before its first checkpoint starts over.
+    """
+    run_dir = Path(run_dir).resolve()
+    if not (run_dir / "config.yaml").is_file():
+        raise TuneloopError(f"{run_dir} is not a training run (no config.yaml); start one with `tuneloop train --out`")
+    summary = run_dir / "train_summary.json"
+    if summary.is_file():
+        console.print(f"{run_dir} has already finished")
+        return _result(run_dir, json.loads(summary.read_text()))
+    trainer = _Trainer(load_config(run_dir / "config.yaml"), run_dir, on_validate)
+    if trainer.restore():
+        console.print(f"resuming {run_dir} at step {trainer.state.step}")
+    else:
+        (run_dir / "metrics.jsonl").unlink(missing_ok=True)
+    return trainer.fit()
+
+
+def _meta(run_dir: Path) -> dict[str, Any]:
+    path = Path(run_dir) / "model" / META
+    if not path.is_file():
+        raise TuneloopError(f"{run_dir} has no trained model (no model/{META}); finish `tuneloop train` first")
+    return json.loads(path.read_text())
+
+
+def _merged(run_dir: Path, meta: dict[str, Any], cfg: RunConfig) -> torch.nn.Module:
+    """The trained model as a plain transformers model (a LoRA adapter merged into its base)."""
+    folder = Path(run_dir) / "model"
+    if meta["method"] == "full":
+        return models.load_model(folder, meta["kind"], labels=meta["labels"], trust_remote_code=cfg.trust_remote_code)
+    from peft import PeftModel
+
+    base = models.load_model(meta["base"], meta["kind"], labels=meta["labels"], trust_remote_code=cfg.trust_remote_code,
+                             pad_token_id=models.load_tokenizer(folder).pad_token_id)
+    return PeftModel.from_pretrained(base, folder).merge_and_unload()
+
+
+def export(run_dir: Path, out: Path | None = None, merge: bool = True) -> Path:
+    """Write the trained model as a folder plain transformers (or vLLM) loads.
+
+    Args:
+        run_dir: A finished run folder.
+        out: Where to write (default `RUN/merged`, or `RUN/adapter` without merging).
+        merge: Merge a LoRA adapter into the base weights (a full model in safetensors); False copies the adapter.
+
+    Returns:
+        The folder written.
+    """
+    _quiet_transformers()
+    run_dir = Path(run_dir)
+    meta, cfg = _meta(run_dir), load_config(run_dir / "config.yaml")
+    out = Path(out) if out else run_dir / ("merged" if merge else "adapter")
+    folder = run_dir / "model"
+    if not merge or meta["method"] == "full":
+        _atomic_dir(out, lambda d: shutil.copytree(folder, d, dirs_exist_ok=True))
+        return out
+    model = _merged(run_dir, meta, cfg)
+    tok = models.load_tokenizer(folder)
+
+    def write(d: Path) -> None:
+        model.save_pretrained(d)
+        tok.save_pretrained(d)
+
+    _atomic_dir(out, write)
+    return out
+
+
+def load_trained(run_dir: Path, *, base_only: bool = False) -> Loaded:
+    """Load a trained run (or, with `base_only`, its untuned base prepared the same way) for evaluation.
+
+    The model is in eval mode on the best device; a LoRA adapter is merged for speed. For a causal
+    LM the tokenizer pads on the left (batched generation). `base_only` with a head gives the base
+    with a fresh, untrained head (seeded).
+    """
+    _quiet_transformers()
+    run_dir = Path(run_dir)
+    meta, cfg = _meta(run_dir), load_config(run_dir / "config.yaml")
+    tok = models.load_tokenizer(run_dir / "model")
+    if base_only:
+        torch.manual_seed(cfg.seed)
+        model = models.load_model(meta["base"], meta["kind"], labels=meta["labels"], pad_token_id=tok.pad_token_id,
+                                  trust_remote_code=cfg.trust_remote_code)
+    else:
+        model = _merged(run_dir, meta, cfg)
+    if meta["kind"] == "lm":
+        tok.padding_side = "left"
+    return Loaded(model.to(_device()).eval(), tok, cfg, meta["labels"], meta["kind"])
+
+
+def validation_loss(loaded: Loaded, rows: list[dict]) -> float:
+    """Mean loss per loss token (per example for a head) on prepared rows, masked as in training.
+
+    `exp()` of it is the perplexity of the answers.
+    """
+    examples, _ = _encode(loaded.cfg, loaded.tokenizer, rows, loaded.labels, "rows")
+    device = next(loaded.model.parameters()).device
+    bf16 = _use_bf16(loaded.cfg.train.precision, device)
+    return _mean_loss(loaded.model, examples, loaded.kind, loaded.cfg.train.batch_size, loaded.tokenizer.pad_token_id,
+                      device, bf16)
