@@ -179,3 +179,38 @@ def test_crows_pairs_ships_and_scores() -> None:
     assert len(pairs) == 1508 and all(p.stereo != p.anti for p in pairs)
     s = stereotype_score([0.0, -1.0, -1.0], [-1.0, 0.0, -2.0], ["age", "age", "race-color"])
     assert s["score"] == pytest.approx(2 / 3) and s["by_bias_type"]["age"]["score"] == 0.5
+
+
+def test_unparseable_answers_do_not_count_as_flips() -> None:
+    mute = lambda ts, _: [None for _ in ts]  # noqa: E731
+    a = audit(["he is late"], mute, axes=load_terms(axes=["gender"]), groups={"g": ["m"]}, y_true=["approve"],
+              labels=LABELS, min_group_size=1)
+    assert a["counterfactual"]["gender"]["flip_rate"] == 0.0
+
+
+def test_run_on_a_tiny_trained_model_writes_result_and_report(tmp_path: Path) -> None:
+    from tiny import write_data
+    from tuneloop import fairness, train
+    from tuneloop.config import RunConfig
+    from tuneloop.models import build_tiny
+
+    data = write_data(tmp_path / "data", "classify")
+    rows = [json.loads(line) for line in (data / "test.jsonl").read_text().splitlines()]
+    for i, r in enumerate(rows):
+        r["text"] = ("she said " if i % 2 else "he said ") + r["text"]
+        r["meta"] = {"gender": "female" if i % 2 else "male"}
+    (data / "test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = RunConfig.model_validate({"task": "classify", "base": str(build_tiny("llama", tmp_path / "base")),
+                                    "train": {"data": str(data), "out": str(tmp_path / "run"), "max_steps": 1,
+                                              "eval_every": 1, "save_every": 1}})
+    train.run(cfg)
+    with pytest.raises(TuneloopError, match="'religion'"):
+        fairness.run(tmp_path / "run", None, {"fairness.attributes": ["religion"]})
+    res = fairness.run(tmp_path / "run", None, {"fairness.benchmark_max_pairs": 4, "fairness.min_group_size": 5,
+                                                "eval.max_new_tokens": 2, "fairness.thresholds.max_flip_rate": 0.0})
+    doc = json.loads((tmp_path / "run" / "fairness" / "result.json").read_text())
+    assert set(doc["audits"]) == {"tuned", "base"} and doc["passed"] == res.passed
+    assert doc["audits"]["tuned"]["groups"]["gender"]["groups"]["female"]["count"] == 8
+    assert doc["audits"]["tuned"]["stereotype"]["pairs"] == 4
+    assert "Fairness" in (fairness.report_section(tmp_path / "run") or "")
+    assert (tmp_path / "run" / "fairness" / "report.html").is_file()

@@ -69,14 +69,18 @@ def audit(
     >>> a["counterfactual"]["g"]["flip_rate"], a["groups"]["gender"]["groups"]["f"]["accuracy"]
     (0.0, 1.0)
     """
-    answers = [UNPARSEABLE if a is None else a for a in predict(list(texts), list(range(len(texts))))]
+    def answer(texts: list[str], sources: list[int]) -> list[str]:
+        # An unparseable answer is a value of its own, the same before and after a swap.
+        return [UNPARSEABLE if a is None else a for a in predict(texts, sources)]
+
+    answers = answer(list(texts), list(range(len(texts))))
     out: dict[str, Any] = {"groups": {}, "counterfactual": {}}
     if labels is not None and y_true is not None:
         for attr, col in (groups or {}).items():
             out["groups"][attr] = group_report(y_true, answers, groups=col, labels=labels, attribute=attr,
                                                min_size=min_group_size).to_dict()
     test = flip_test if labels is not None else output_change_test
-    cf = test(texts, predict, axes, original=answers, max_variants=max_variants, seed=seed, ids=ids)
+    cf = test(texts, answer, axes, original=answers, max_variants=max_variants, seed=seed, ids=ids)
     out["counterfactual"] = {k: v.to_dict() for k, v in cf.items()}
     return out
 
