@@ -19,6 +19,7 @@ import resource
 import shutil
 import signal
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Literal
@@ -172,6 +173,8 @@ def _quiet_transformers() -> None:
 
     transformers.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
+    # peft still calls the pre-5.x name; the warning is not the user's to act on.
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
 
 
 def _linear_names(model: torch.nn.Module) -> list[str]:
