@@ -104,7 +104,8 @@ RUN_SECTIONS = ("summary", "data", "training", "metrics", "confusion", "per-clas
 _MAX_EXAMPLES = 25  # per fixed/broken table; the full lists are in RUN/eval/fixed_broken.json
 
 
-def _name(system: str) -> str:
+def system_name(system: str) -> str:
+    """Display name of a compared system ("base" → "base (zero-shot)")."""
     return SYSTEMS.get(system, (system, ""))[0]
 
 
@@ -143,13 +144,13 @@ def _summary_section(m: dict[str, Any]) -> str:
     for name, s in systems.items():
         part = s.get(key, {})
         if key == "classification":
-            lines.append(f"{_name(name)}: accuracy {_fmt(part.get('accuracy'), part['ci']['accuracy'])}, "
+            lines.append(f"{system_name(name)}: accuracy {_fmt(part.get('accuracy'), part['ci']['accuracy'])}, "
                          f"macro-F1 {_fmt(part['macro']['f1'], part['ci']['macro_f1'])}"
                          + (f" — {s['note']}" if s.get("note") else ""))
         else:
-            lines.append(f"{_name(name)}: token F1 {_fmt(part.get('token_f1'), part.get('ci', {}).get('token_f1'))}, "
+            lines.append(f"{system_name(name)}: token F1 {_fmt(part.get('token_f1'), part.get('ci', {}).get('token_f1'))}, "
                          f"exact match {_fmt(part.get('exact_match'))}")
-    verdicts = [f"<p class=\"{'ok' if v.startswith('better') else 'warn'}\">tuned vs {esc(_name(b))}: {esc(v)}</p>"
+    verdicts = [f"<p class=\"{'ok' if v.startswith('better') else 'warn'}\">tuned vs {esc(system_name(b))}: {esc(v)}</p>"
                 for b, v in ((k.split('_vs_')[1], _verdict(c)) for k, c in m.get("comparisons", {}).items())]
     overfit = m.get("curves", {}).get("overfitting")
     warn = (f'<p class="warn">Validation loss rose for the last {m["curves"]["overfit_window"]} evaluations: '
@@ -236,13 +237,13 @@ def _metric_rows(systems: dict[str, Any]) -> list[list[str]]:
 
 def _metrics_section(m: dict[str, Any]) -> str:
     systems = m["systems"]
-    heads = ["metric", *(_name(n) + (f" ({s['note']})" if s.get("note") else "") for n, s in systems.items())]
+    heads = ["metric", *(system_name(n) + (f" ({s['note']})" if s.get("note") else "") for n, s in systems.items())]
     body = table(heads, _metric_rows(systems))
     comps = m.get("comparisons", {})
     if comps:
         body += "<h3>Paired test (McNemar)</h3>" + table(
             ["tuned vs", "only tuned right", "only other right", "test", "p-value", "verdict"],
-            [[_name(k.split("_vs_")[1]), c["only_a"], c["only_b"], c["method"], f"{c['pvalue']:.3g}", _verdict(c).split(" (")[0]]
+            [[system_name(k.split("_vs_")[1]), c["only_a"], c["only_b"], c["method"], f"{c['pvalue']:.3g}", _verdict(c).split(" (")[0]]
              for k, c in comps.items()],
         )
     note = f'<p class="muted">Correct means: {esc(m.get("correct_means", ""))}. Intervals: 95% percentile bootstrap.</p>'
@@ -264,8 +265,8 @@ def _confusion_figure(name: str, cm: list[list[int]], labels: list[str]) -> str:
     ax.set_yticks(range(k), labels, fontsize=8)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
-    ax.set_title(_name(name), fontsize=10)
-    return figure(fig, f"confusion matrix of {_name(name)}")
+    ax.set_title(system_name(name), fontsize=10)
+    return figure(fig, f"confusion matrix of {system_name(name)}")
 
 
 def _classification(m: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -278,7 +279,10 @@ def _confusion_section(m: dict[str, Any]) -> str:
         return section("Confusion matrices", '<p class="muted">Open-ended generation: no labels.</p>', "confusion")
     figs = "".join(f'<div style="display:inline-block;margin:0 1rem 1rem 0;vertical-align:top">'
                    f'{_confusion_figure(n, c["confusion_matrix"], c["labels"])}</div>' for n, c in cls.items())
-    return section("Confusion matrices", figs + '<p class="muted">Rows: true label; colour: share of the row.</p>', "confusion")
+    note = "Rows: true label; colour: share of the row."
+    if any(c.get("unparseable") for c in cls.values()):
+        note += " The last column counts unparseable answers (no label or several)."
+    return section("Confusion matrices", figs + f'<p class="muted">{note}</p>', "confusion")
 
 
 def _per_class_section(m: dict[str, Any]) -> str:
@@ -290,7 +294,7 @@ def _per_class_section(m: dict[str, Any]) -> str:
     width = 0.8 / len(cls)
     for i, (n, c) in enumerate(cls.items()):
         ax.bar(np.arange(len(labels)) + (i - (len(cls) - 1) / 2) * width, [c["per_class"][str(lb)]["f1"] for lb in labels],
-               width, label=_name(n), color=SYSTEMS.get(n, ("", "#555"))[1])
+               width, label=system_name(n), color=SYSTEMS.get(n, ("", "#555"))[1])
     ax.set_xticks(range(len(labels)), labels, rotation=45 if len(labels) > 8 else 0, ha="right" if len(labels) > 8 else "center")
     ax.set_ylim(0, 1.05)
     ax.set_ylabel("F1")
@@ -298,7 +302,7 @@ def _per_class_section(m: dict[str, Any]) -> str:
     ax.legend(fontsize=8, ncol=len(cls))
     rows = [[lb, next(iter(cls.values()))["per_class"][str(lb)]["support"],
              *(_fmt(c["per_class"][str(lb)][k]) for c in cls.values() for k in ("precision", "recall", "f1"))] for lb in labels]
-    heads = ["label", "support", *(f"{_name(n)} {k}" for n in cls for k in ("P", "R", "F1"))]
+    heads = ["label", "support", *(f"{system_name(n)} {k}" for n in cls for k in ("P", "R", "F1"))]
     return section("Per-class F1", figure(fig, "per-class F1 by system") + table(heads, rows), "per-class")
 
 
@@ -314,7 +318,7 @@ def _examples_table(examples: list[dict[str, Any]], systems: list[str]) -> str:
     cols = [n for n in ("base", "tuned") if n in systems]
     rows = [[ex["id"], _short(ex["input"]), _short(ex["reference"]), *(answer(ex, n) for n in cols)] for ex in examples[:_MAX_EXAMPLES]]
     more = f'<p class="muted">{len(examples) - _MAX_EXAMPLES} more in eval/fixed_broken.json.</p>' if len(examples) > _MAX_EXAMPLES else ""
-    return table(["id", "input", "reference", *(_name(n) for n in cols)], rows) + more
+    return table(["id", "input", "reference", *(system_name(n) for n in cols)], rows) + more
 
 
 def _examples_section(m: dict[str, Any], fixed_broken: dict[str, list[dict[str, Any]]]) -> str:

@@ -50,12 +50,20 @@ def confusion_matrix(
 
     Values outside `labels` are ignored (as in scikit-learn).
 
+    Raises:
+        ValueError: different lengths, no examples, `labels` empty, repeated, or none of them in
+            `y_true` (scikit-learn raises for the same cases).
+
     >>> confusion_matrix(["a", "b", "b"], ["a", "a", "b"]).tolist()
     [[1, 0], [1, 1]]
     """
     _check(y_true, y_pred)
     labels = unique_labels(y_true, y_pred) if labels is None else list(labels)
     index = {label: i for i, label in enumerate(labels)}
+    if not labels or len(index) != len(labels):
+        raise ValueError(f"labels must be a non-empty list without repeats, got {labels!r}")
+    if not any(v in index for v in y_true):
+        raise ValueError(f"none of the labels {labels!r} occurs in y_true")
     k = len(labels)
     t = np.fromiter((index.get(v, -1) for v in y_true), dtype=np.int64, count=len(y_true))
     p = np.fromiter((index.get(v, -1) for v in y_pred), dtype=np.int64, count=len(y_pred))

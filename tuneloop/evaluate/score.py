@@ -26,7 +26,8 @@ class SystemOutput:
     Attributes:
         texts: Generated answers (language models), or None (class head, TF-IDF baseline).
         labels: Predicted labels (None entries: unparseable), or None for open-ended generation.
-        loss: Mean loss per answer token on the test rows, where the system has one.
+        loss: Mean loss per answer token (per example for a head) on the test rows, where the
+            system has one.
         note: Caveat shown next to its numbers (e.g. "untrained head (chance)").
     """
 
@@ -88,6 +89,7 @@ def system_metrics(
         m["generation"] = _generation(out, references, n_boot, seed)
     if out.loss is not None:
         m["loss"] = out.loss
+    if out.loss is not None and out.texts is not None:  # perplexity of generated answers (not of a head)
         # exp of a large loss overflows; report it as infinite rather than crash
         m["perplexity"] = math.exp(out.loss) if out.loss < 700 else math.inf
     return m

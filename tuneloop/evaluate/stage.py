@@ -8,6 +8,7 @@ import gc
 import hashlib
 import json
 import platform
+from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -129,28 +130,38 @@ class EvalResult:
         return Group(summary_table(self.metrics), f"report: {self.report}")
 
 
-def _with_ci(value: float | None, ci: list[float] | tuple[float, float] | None) -> str:
-    if value is None:
-        return "—"
-    return f"{value:.3f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")
+def _ci(ci: Sequence[float] | None) -> str:
+    return f"{ci[0]:.2f}–{ci[1]:.2f}" if ci else "—"
+
+
+def _num(value: float | None) -> str:
+    return "—" if value is None else f"{value:.3f}"
 
 
 def summary_table(metrics: dict[str, Any]) -> Table:
-    """Rich table: one row per system, headline metrics with 95% bootstrap intervals."""
-    table = Table(title=f"tuneloop eval — {metrics['n']} test examples (95% bootstrap intervals)")
+    """Rich table: one row per system with its headline metrics and 95% bootstrap intervals."""
+    from tuneloop.report import system_name
+
+    # Short system names keep the table within 80 columns; the caption spells them out.
+    caption = "intervals: 95% bootstrap; " + ", ".join(f"{n} = {system_name(n)}" for n in metrics["systems"] if n != "tuned")
+    table = Table(title=f"tuneloop eval — {metrics['n']:,} test examples", caption=caption)
+    classify = metrics.get("labels") is not None
+    cols = ["accuracy", "95% CI", "macro-F1", "95% CI", "unparsed"] if classify else ["token F1", "95% CI", "exact match", "ROUGE-L"]
     table.add_column("system")
-    for col in ("accuracy", "macro-F1", "unparseable", "token F1", "loss"):
+    for col in [*cols, "loss"]:
         table.add_column(col, justify="right")
     for name, m in metrics["systems"].items():
         cls, gen = m.get("classification", {}), m.get("generation", {})
-        table.add_row(
-            name + (f" ({m['note']})" if m.get("note") else ""),
-            _with_ci(cls.get("accuracy"), cls.get("ci", {}).get("accuracy")),
-            _with_ci(cls.get("macro", {}).get("f1"), cls.get("ci", {}).get("macro_f1")),
-            f"{cls['unparseable_rate']:.1%}" if cls else "—",
-            _with_ci(gen.get("token_f1"), gen.get("ci", {}).get("token_f1")),
-            f"{m['loss']:.3f}" if m.get("loss") is not None else "—",
-        )
+        if classify:
+            cells = [_num(cls.get("accuracy")), _ci(cls.get("ci", {}).get("accuracy")), _num(cls.get("macro", {}).get("f1")),
+                     _ci(cls.get("ci", {}).get("macro_f1")), f"{cls['unparseable_rate']:.1%}" if cls else "—"]
+        else:
+            cells = [_num(gen.get("token_f1")), _ci(gen.get("ci", {}).get("token_f1")), _num(gen.get("exact_match")),
+                     _num(gen.get("rouge_l"))]
+        table.add_row(name + ("*" if m.get("note") else ""), *cells, _num(m.get("loss")))
+    notes = [f"*{n}: {m['note']}" for n, m in metrics["systems"].items() if m.get("note")]
+    if notes:
+        table.caption += "; " + "; ".join(notes)
     return table
 
 
@@ -168,8 +179,10 @@ def predict_system(loaded: Any, rows: list[dict[str, Any]], cfg: RunConfig, labe
     from tuneloop.evaluate.predict import generate, predict_head
     from tuneloop.train import validation_loss
 
+    loss = validation_loss(loaded, [r["row"] for r in rows])
     if loaded.kind == "head":
-        return SystemOutput(labels=predict_head(loaded, [r["input"] for r in rows], batch_size=cfg.eval.batch_size, desc=desc))
+        texts = [r["input"] for r in rows]
+        return SystemOutput(labels=predict_head(loaded, texts, batch_size=cfg.eval.batch_size, desc=desc), loss=loss)
     if cfg.task == "classify":
         assert labels is not None
         msgs = [classify_messages(r["input"], labels, system_prompt=cfg.train.system_prompt) for r in rows]
@@ -182,7 +195,7 @@ def predict_system(loaded: Any, rows: list[dict[str, Any]], cfg: RunConfig, labe
     return SystemOutput(
         texts=texts,
         labels=[parser(t) for t in texts] if parser else None,
-        loss=validation_loss(loaded, [r["row"] for r in rows]),
+        loss=loss,
     )
 
 
