@@ -98,7 +98,7 @@ def peer_lsh(data: Path, n: int) -> dict:
     import numpy as np
     from datasketch import LeanMinHash, MinHashLSH
 
-    from tuneloop.data.lsh import Signer, lsh_shape, near_duplicates, shingles
+    from tuneloop.data.lsh import Signer, band_keys, lsh_shape, near_duplicates, shingles
 
     texts = []
     with data.open(encoding="utf-8") as f:
@@ -113,7 +113,7 @@ def peer_lsh(data: Path, n: int) -> dict:
     bands, rows = lsh_shape(0.8, 64)
     rss0 = _rss_mb()
     t = time.perf_counter()
-    dropped = near_duplicates(sig, np.arange(len(texts)), 0.8, bands, rows)
+    dropped = near_duplicates(sig, band_keys(sig, bands, rows), np.arange(len(texts)), 0.8)
     ours = {"seconds": time.perf_counter() - t, "near_duplicates": int(len(dropped)), "rss_growth_mb": _rss_mb() - rss0}
     rss0 = _rss_mb()
     t = time.perf_counter()

@@ -55,6 +55,10 @@ def prepare(
     dedup: Optional[bool] = typer.Option(None, "--dedup/--no-dedup", help="Remove exact duplicates."),
     near_dup: Optional[bool] = typer.Option(None, "--near-dup/--no-near-dup", help="Remove near duplicates."),
     near_dup_threshold: Optional[float] = typer.Option(None, help="Jaccard threshold for near duplicates."),
+    near_dup_ngram: Optional[int] = typer.Option(None, help="Words per shingle for near duplicates."),
+    near_dup_num_perm: Optional[int] = typer.Option(None, help="MinHash permutations for near duplicates."),
+    label_conflicts: Optional[str] = typer.Option(None, help="Same text, different labels: drop or keep_majority."),
+    pii_region: Optional[str] = typer.Option(None, help="Country code for phone numbers without +country code."),
     max_chars: Optional[int] = typer.Option(None, help="Reject rows longer than this many characters."),
     max_tokens: Optional[int] = typer.Option(None, help="Reject rows longer than this many tokens."),
     tokenizer: Optional[str] = typer.Option(None, help="Base model whose tokenizer measures lengths."),
@@ -69,7 +73,9 @@ def prepare(
         "prepare.val_fraction": val_fraction, "prepare.test_fraction": test_fraction, "prepare.pii": pii,
         "prepare.strip_html": strip_html, "prepare.dedup": dedup, "prepare.near_dup": near_dup,
         "prepare.near_dup_threshold": near_dup_threshold, "prepare.max_chars": max_chars,
-        "prepare.max_tokens": max_tokens, "prepare.tokenizer": tokenizer,
+        "prepare.max_tokens": max_tokens, "prepare.tokenizer": tokenizer, "prepare.near_dup_ngram": near_dup_ngram,
+        "prepare.near_dup_num_perm": near_dup_num_perm, "prepare.label_conflicts": label_conflicts,
+        "prepare.pii_region": pii_region,
     })
     result = data_stage.run(cfg)
     console.print(result.summary())

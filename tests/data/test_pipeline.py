@@ -196,11 +196,13 @@ def test_tokenizer_lengths(tmp_path: Path) -> None:
 def test_cli_prepare(tmp_path: Path) -> None:
     data = write_jsonl(tmp_path / "d.jsonl", [{"body": t, "y": i % 2} for i, t in enumerate(sentences(30, seed=15))])
     res = CliRunner().invoke(app, ["prepare", str(data), "--task", "classify", "--out", str(tmp_path / "out"),
-                                   "--text-field", "body", "--label-field", "y", "--seed", "3"])
+                                   "--text-field", "body", "--label-field", "y", "--seed", "3",
+                                   "--label-conflicts", "keep_majority", "--near-dup-ngram", "3", "--pii-region", "GB"])
     assert res.exit_code == 0, res.output
     assert "train" in res.output and "near duplicates" in res.output
     m = json.loads((tmp_path / "out" / "manifest.json").read_text())
     assert m["seed"] == 3 and m["labels"] == ["0", "1"] and m["config"]["text_field"] == "body"
+    assert (m["config"]["label_conflicts"], m["near_dup"]["ngram"], m["config"]["pii_region"]) == ("keep_majority", 3, "GB")
 
 
 def test_cli_error_is_one_line_without_traceback(tmp_path: Path) -> None:

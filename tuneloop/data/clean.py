@@ -11,9 +11,10 @@ import html
 import re
 import unicodedata
 
-# C0/C1 controls except tab and newline, plus invisible format characters that only confuse a
-# tokenizer (zero-width space, word joiner, BOM, bidi marks). ZWJ/ZWNJ stay: scripts and emoji need them.
-_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u200b\u200e\u200f\u202a-\u202e\u2060\ufeff]")
+# C0/C1 controls except tab and the line breaks \n, \r, NEL (handled as whitespace), plus invisible
+# format characters that only confuse a tokenizer (zero-width space, word joiner, BOM, bidi marks).
+# ZWJ/ZWNJ stay: scripts and emoji need them.
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x84\x86-\x9f\u200b\u200e\u200f\u202a-\u202e\u2060\ufeff]")
 _LINE_BREAKS = re.compile(r"\r\n?|[\u2028\u2029\x85]")
 # Only well-formed tags count: "a < b" or "x<y" in plain text must survive.
 _TAG = re.compile(r"</?[A-Za-z][A-Za-z0-9-]*(?:\s[^<>]*)?/?>|<!--.*?-->|<!DOCTYPE[^>]*>", re.DOTALL | re.IGNORECASE)
@@ -61,10 +62,10 @@ def clean_text(text: str, *, html_tags: bool = True, keep_lines: bool = False) -
     if html_tags:
         # Entities can decode to controls or odd spaces, so strip HTML before the other steps.
         text = strip_html(text)
-    text = _LINE_BREAKS.sub("\n", text)
     text = _CONTROL.sub("", text)
     if not keep_lines:
-        return " ".join(text.split())
+        return " ".join(text.split())  # split() also breaks at \r, \u2028 and other line separators
+    text = _LINE_BREAKS.sub("\n", text)
     text = _INNER_SPACES.sub(" ", text)
     text = _TRAILING.sub("\n", text)
     text = _BLANK_LINES.sub("\n\n", text)

@@ -270,9 +270,13 @@ class Ingest:
         self.rejects.write(json.dumps(rec, sort_keys=True, ensure_ascii=False, default=str) + "\n")
 
     def rows(self) -> Rows:
-        """The compact state of all kept rows (call after the last `add_file`)."""
-        num_perm = self.p.near_dup_num_perm
-        sig = np.concatenate(self._sigs) if self._sigs else np.empty((0, num_perm), dtype=np.uint32)
+        """The compact state of all kept rows (call once, after the last `add_file`)."""
+        sig = np.empty((sum(len(s) for s in self._sigs), self.p.near_dup_num_perm), dtype=np.uint32)
+        pos = len(sig)
+        while self._sigs:  # free each chunk once copied (np.concatenate would hold two full copies)
+            chunk = self._sigs.pop()
+            pos -= len(chunk)
+            sig[pos : pos + len(chunk)] = chunk
         c = self._cols
         return Rows(
             keys=np.frombuffer(c["keys"], dtype=np.uint64).copy(),

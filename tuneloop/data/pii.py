@@ -70,7 +70,7 @@ def find_pii(text: str, region: str = "US") -> list[Finding]:
         found += _ibans(text) + _cards(text) + _ssns(text)
         if _PHONE_GATE.search(text):
             found += _phones(text, region)
-    return _without_overlaps(found)
+    return _without_overlaps(found) if found else found
 
 
 def _ibans(text: str) -> list[Finding]:

@@ -14,7 +14,7 @@ import numpy as np
 from tuneloop.config import RunConfig
 from tuneloop.data.dedup import exact_duplicates
 from tuneloop.data.ingest import Laps, Rows
-from tuneloop.data.lsh import leaked, lsh_shape, near_duplicates
+from tuneloop.data.lsh import band_keys, leaked, lsh_shape, near_duplicates
 from tuneloop.data.split import TEST, TRAIN, assign
 
 DROPPED = -1
@@ -50,8 +50,9 @@ def select(rows: Rows, cfg: RunConfig, laps: Laps) -> Selection:
     alive = np.ones(n, dtype=bool)
     sel = Selection(np.full(n, DROPPED, dtype=np.int8), np.zeros(n, dtype=bool))
     counts = dict.fromkeys(("exact_duplicates", "label_conflicts", "near_duplicates"), 0)
-    bands, band_rows = lsh_shape(p.near_dup_threshold, p.near_dup_num_perm)
     laps.start()
+    keys = band_keys(rows.sig, *lsh_shape(p.near_dup_threshold, p.near_dup_num_perm))
+    laps.lap("lsh_bands")
     for group in (0, 1):
         idx = np.flatnonzero(rows.groups == group)
         exact = exact_duplicates(rows.keys, rows.labels, idx, drop_copies=p.dedup, conflicts=p.label_conflicts)
@@ -62,13 +63,13 @@ def select(rows: Rows, cfg: RunConfig, laps: Laps) -> Selection:
         counts["label_conflicts"] += int(exact.conflict.sum())
         laps.lap("exact_dedup")
         if p.near_dup:
-            near = near_duplicates(rows.sig, idx[alive[idx]], p.near_dup_threshold, bands, band_rows)
+            near = near_duplicates(rows.sig, keys, idx[alive[idx]], p.near_dup_threshold)
             alive[near] = False
             counts["near_duplicates"] += len(near)
         laps.lap("near_dup")
     _split(rows, cfg, alive, sel.split)
     laps.lap("split")
-    counts.update(_remove_leaks(rows, sel.split, p.near_dup_threshold, bands, band_rows))
+    counts.update(_remove_leaks(rows, keys, sel.split, p.near_dup_threshold))
     laps.lap("leakage")
     sel.counts = counts
     return sel
@@ -84,12 +85,12 @@ def _split(rows: Rows, cfg: RunConfig, alive: np.ndarray, split: np.ndarray) -> 
     split[given_test] = TEST
 
 
-def _remove_leaks(rows: Rows, split: np.ndarray, threshold: float, bands: int, band_rows: int) -> dict[str, int]:
+def _remove_leaks(rows: Rows, keys: np.ndarray, split: np.ndarray, threshold: float) -> dict[str, int]:
     """Drop training rows that are exact or near copies of a validation or test row (always checked)."""
     train = np.flatnonzero(split == TRAIN)
     held = np.flatnonzero(split > TRAIN)
     exact = train[np.isin(rows.keys[train], rows.keys[held])]
     split[exact] = DROPPED
-    near = leaked(rows.sig, np.flatnonzero(split == TRAIN), held, threshold, bands, band_rows)
+    near = leaked(rows.sig, keys, np.flatnonzero(split == TRAIN), held, threshold)
     split[near] = DROPPED
     return {"leaked": len(exact) + len(near), "leaked_exact": len(exact), "leaked_near": len(near)}
