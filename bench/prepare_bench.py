@@ -113,7 +113,7 @@ def peer_lsh(data: Path, n: int) -> dict:
     bands, rows = lsh_shape(0.8, 64)
     rss0 = _rss_mb()
     t = time.perf_counter()
-    dropped = near_duplicates(sig, band_keys(sig, bands, rows), np.arange(len(texts)), 0.8)
+    dropped, _ = near_duplicates(sig, band_keys(sig, bands, rows), np.arange(len(texts)), 0.8)
     ours = {"seconds": time.perf_counter() - t, "near_duplicates": int(len(dropped)), "rss_growth_mb": _rss_mb() - rss0}
     rss0 = _rss_mb()
     t = time.perf_counter()

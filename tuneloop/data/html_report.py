@@ -15,13 +15,15 @@ from tuneloop.data.split import SPLITS
 _MAX_BARS = 30  # a chart with more labels than this shows the most frequent ones
 
 
-def write_report(path: Path, manifest: dict[str, Any], lengths: dict[str, np.ndarray]) -> Path:
+def write_report(path: Path, manifest: dict[str, Any], lengths: dict[str, np.ndarray],
+                 near: list[tuple[dict[str, Any], dict[str, Any], float]] | None = None) -> Path:
     """Write the data report.
 
     Args:
         path: Where to write it (`DIR/report.html`).
         manifest: The manifest (see `manifest.build_manifest`).
         lengths: Token lengths per split name, for the histogram.
+        near: A sample of near duplicates: (dropped record, kept record, estimated Jaccard).
 
     Returns:
         The path written.
@@ -33,6 +35,7 @@ def write_report(path: Path, manifest: dict[str, Any], lengths: dict[str, np.nda
             [f["path"], f["role"], f["format"], f["rows"], f["valid"], f["sha256"]] for f in manifest["inputs"]])),
         report.section("Rejected rows", _rejected(c)),
         report.section("Personal data", _pii(c, manifest["config"]["pii"])),
+        report.section("Near duplicates (a sample)", _near(near or [], manifest["near_dup"])),
         report.section("Splits", _splits(manifest)),
         report.section("Lengths", _lengths(manifest["length_stats"], lengths)),
         report.section("Settings", f"<pre>{report.esc(json.dumps(manifest['config'], indent=2, sort_keys=True))}</pre>"),
@@ -63,6 +66,25 @@ def _pii(c: dict[str, Any], action: str) -> str:
         return '<p class="ok">No e-mail address, phone, card, IBAN, IP address or SSN found.</p>'
     verb = "replaced with placeholders like [EMAIL]" if action == "redact" else "rows dropped"
     return report.table(["kind", "found"], list(c["pii"].items())) + f"<p>{c['pii_rows']:,} rows held personal data ({verb}).</p>"
+
+
+def _near(pairs: list[tuple[dict[str, Any], dict[str, Any], float]], settings: dict[str, Any]) -> str:
+    how = (f'<p class="muted">Word {settings["ngram"]}-grams, MinHash with {settings["num_perm"]} permutations, '
+           f'LSH with {settings["bands"]} bands of {settings["rows"]} rows; pairs at estimated Jaccard ≥ '
+           f'{settings["threshold"]} are near duplicates and the later row is dropped.</p>')
+    if not pairs:
+        return how + '<p class="ok">No near duplicates found.</p>'
+    rows = [[_where(d), _text(d), _where(k), _text(k), sim] for d, k, sim in pairs]
+    return how + report.table(["dropped", "text", "kept", "text", "Jaccard (est.)"], rows)
+
+
+def _where(rec: dict[str, Any]) -> str:
+    return f'{Path(rec["meta"]["source"]).name}:{rec["meta"]["line"]}'
+
+
+def _text(rec: dict[str, Any], limit: int = 300) -> str:
+    text = rec["text"] if "text" in rec else " | ".join(m["content"] for m in rec["messages"])
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _splits(manifest: dict[str, Any]) -> str:

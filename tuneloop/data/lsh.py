@@ -18,8 +18,6 @@ import numpy as np
 from datasketch import MinHash, MinHashLSH
 from datasketch.minhash import _fmix  # the finalizer datasketch applies; pinned version, checked by tests
 from xxhash import xxh32_intdigest
-from scipy.sparse import coo_matrix
-from scipy.sparse.csgraph import connected_components
 
 _WORD = re.compile(r"\w+")
 _CHUNK = 65_536  # rows per similarity batch: bounds the temporary (rows x num_perm) arrays
@@ -168,11 +166,13 @@ def _peel(sig: np.ndarray, members: np.ndarray, group: np.ndarray, anchor: np.nd
     return np.concatenate(found_ref), np.concatenate(found_match)
 
 
-def near_duplicates(sig: np.ndarray, keys: np.ndarray, idx: np.ndarray, threshold: float) -> np.ndarray:
-    """Rows among `idx` that are near duplicates of an earlier row; the first of each cluster stays.
+def near_duplicates(sig: np.ndarray, keys: np.ndarray, idx: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray]:
+    """Rows among `idx` that are near duplicates of an earlier row that is kept.
 
-    Rows linked by verified similar pairs form clusters (connected components); in each, the row
-    that came first in the input is kept and the others are returned.
+    Rows are taken in input order; a row is dropped when a verified similar pair ties it to an
+    earlier row that was kept. Unlike keeping one row per cluster of linked pairs, a chain
+    A ~ B ~ C where A and C differ does not drop C: each dropped row is similar to the row it
+    gives way to.
 
     Args:
         sig: Signatures of all rows.
@@ -181,10 +181,11 @@ def near_duplicates(sig: np.ndarray, keys: np.ndarray, idx: np.ndarray, threshol
         threshold: Jaccard similarity at or above which two rows are near duplicates.
 
     Returns:
-        Ascending indices of the rows to drop.
+        (dropped, kept): ascending indices of the rows to drop, and for each the row kept in its place.
     """
+    empty = np.empty(0, dtype=np.int64)
     if len(idx) < 2:
-        return np.empty(0, dtype=np.int64)
+        return empty, empty
     refs, matches = [], []
     for b in range(keys.shape[1]):
         members, group = _buckets(keys[idx, b], idx)
@@ -193,14 +194,24 @@ def near_duplicates(sig: np.ndarray, keys: np.ndarray, idx: np.ndarray, threshol
         matches.append(m)
     a, m = np.concatenate(refs), np.concatenate(matches)
     if not len(a):
-        return np.empty(0, dtype=np.int64)
-    nodes = np.unique(np.r_[a, m])
-    edges = (np.ones(len(a)), (np.searchsorted(nodes, a), np.searchsorted(nodes, m)))
-    _, comp = connected_components(coo_matrix(edges, shape=(len(nodes), len(nodes))), directed=False)
-    # nodes are ascending, so the first node met in each component is its earliest row
-    first = np.zeros(len(nodes), dtype=bool)
-    first[np.unique(comp, return_index=True)[1]] = True
-    return nodes[~first]
+        return empty, empty
+    return _greedy(np.minimum(a, m), np.maximum(a, m))
+
+
+def _greedy(early: np.ndarray, late: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Walk the rows in order; drop one when an earlier row it is paired with was kept."""
+    order = np.lexsort((early, late))  # by the later row, then by its earlier partner
+    early, late = early[order], late[order]
+    starts = np.flatnonzero(np.r_[True, late[1:] != late[:-1]])
+    ends = np.r_[starts[1:], len(late)]
+    dropped: dict[int, int] = {}
+    for s, e in zip(starts.tolist(), ends.tolist()):
+        # Only rows that are a later partner can be dropped; their partners come earlier, so are settled.
+        kept = next((p for p in early[s:e].tolist() if p not in dropped), None)
+        if kept is not None:
+            dropped[int(late[s])] = kept
+    gone = np.fromiter(dropped, dtype=np.int64, count=len(dropped))
+    return gone, np.fromiter(dropped.values(), dtype=np.int64, count=len(dropped))
 
 
 def leaked(sig: np.ndarray, keys: np.ndarray, train: np.ndarray, held: np.ndarray, threshold: float) -> np.ndarray:

@@ -19,7 +19,8 @@ from tuneloop.data.split import SPLITS
 MANIFEST_VERSION = 1
 
 
-def write_splits(spill: Path, out: Path, sel: Selection, rows: Rows, rejects: TextIO, conflict_policy: str) -> None:
+def write_splits(spill: Path, out: Path, sel: Selection, rows: Rows, rejects: TextIO, conflict_policy: str
+                 ) -> dict[int, dict[str, Any]]:
     """Copy each kept row from the spill file to its split file; label conflicts go to rejects.
 
     Args:
@@ -29,7 +30,12 @@ def write_splits(spill: Path, out: Path, sel: Selection, rows: Rows, rejects: Te
         rows: The rows' compact state (for conflict reasons).
         rejects: Open rejects.jsonl, appended to.
         conflict_policy: `drop` or `keep_majority`, named in the reason.
+
+    Returns:
+        The records of the rows in `sel.near_examples`, by row index (for the report).
     """
+    wanted = {i for d, k, _ in sel.near_examples for i in (d, k)}
+    found: dict[int, dict[str, Any]] = {}
     files = [open(out / f"{name}.jsonl", "w", encoding="utf-8", newline="\n") for name in SPLITS]
     try:
         with open(spill, encoding="utf-8") as f:
@@ -39,9 +45,12 @@ def write_splits(spill: Path, out: Path, sel: Selection, rows: Rows, rejects: Te
                     files[code].write(line)
                 elif sel.conflict[i]:
                     rejects.write(_conflict_reject(json.loads(line), rows, sel, int(rows.keys[i]), conflict_policy))
+                if i in wanted:
+                    found[i] = json.loads(line)
     finally:
         for fh in files:
             fh.close()
+    return found
 
 
 def _conflict_reject(rec: dict[str, Any], rows: Rows, sel: Selection, key: int, policy: str) -> str:

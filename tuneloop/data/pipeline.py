@@ -101,7 +101,7 @@ def _prepare(cfg: RunConfig, inputs: list[str], test_files: list[str], out: Path
         sel = select(rows, cfg, ingest.laps)
         if not (sel.split == 0).any():
             raise TuneloopError(_nothing_to_train(sel.counts, len(rows.keys)))
-        write_splits(spill, out, sel, rows, rejects, cfg.prepare.label_conflicts)
+        records = write_splits(spill, out, sel, rows, rejects, cfg.prepare.label_conflicts)
         ingest.laps.lap("write")
     p = cfg.prepare
     bands, band_rows = lsh_shape(p.near_dup_threshold, p.near_dup_num_perm)
@@ -109,7 +109,8 @@ def _prepare(cfg: RunConfig, inputs: list[str], test_files: list[str], out: Path
            "bands": bands, "rows": band_rows}
     manifest = build_manifest(cfg, ingest, rows, sel, lsh)
     write_manifest(out / "manifest.json", manifest)
-    write_report(out / "report.html", manifest, {s: rows.lengths[sel.split == i] for i, s in enumerate(SPLITS)})
+    near = [(records[d], records[k], sim) for d, k, sim in sel.near_examples]
+    write_report(out / "report.html", manifest, {s: rows.lengths[sel.split == i] for i, s in enumerate(SPLITS)}, near)
     ingest.laps.lap("report")
     return PrepareResult(out, manifest, dict(ingest.laps.seconds))
 

@@ -14,10 +14,11 @@ import numpy as np
 from tuneloop.config import RunConfig
 from tuneloop.data.dedup import exact_duplicates
 from tuneloop.data.ingest import Laps, Rows
-from tuneloop.data.lsh import band_keys, leaked, lsh_shape, near_duplicates
+from tuneloop.data.lsh import band_keys, leaked, lsh_shape, near_duplicates, similarity
 from tuneloop.data.split import TEST, TRAIN, assign
 
 DROPPED = -1
+EXAMPLES = 12  # near-duplicate pairs shown in the report, so a person can judge the threshold
 
 
 @dataclass
@@ -29,12 +30,14 @@ class Selection:
         conflict: Per row: dropped as a label conflict (these are written to rejects.jsonl).
         conflict_labels: Content key → the label ids it appeared with.
         counts: exact_duplicates, label_conflicts, near_duplicates, leaked, leaked_exact, leaked_near.
+        near_examples: A few (dropped row, kept row, estimated Jaccard) for the report.
     """
 
     split: np.ndarray
     conflict: np.ndarray
     conflict_labels: dict[int, list[int]] = field(default_factory=dict)
     counts: dict[str, int] = field(default_factory=dict)
+    near_examples: list[tuple[int, int, float]] = field(default_factory=list)
 
 
 def select(rows: Rows, cfg: RunConfig, laps: Laps) -> Selection:
@@ -63,9 +66,10 @@ def select(rows: Rows, cfg: RunConfig, laps: Laps) -> Selection:
         counts["label_conflicts"] += int(exact.conflict.sum())
         laps.lap("exact_dedup")
         if p.near_dup:
-            near = near_duplicates(rows.sig, keys, idx[alive[idx]], p.near_dup_threshold)
+            near, kept = near_duplicates(rows.sig, keys, idx[alive[idx]], p.near_dup_threshold)
             alive[near] = False
             counts["near_duplicates"] += len(near)
+            sel.near_examples += _examples(rows, near, kept, EXAMPLES - len(sel.near_examples))
         laps.lap("near_dup")
     _split(rows, cfg, alive, sel.split)
     laps.lap("split")
@@ -73,6 +77,12 @@ def select(rows: Rows, cfg: RunConfig, laps: Laps) -> Selection:
     laps.lap("leakage")
     sel.counts = counts
     return sel
+
+
+def _examples(rows: Rows, near: np.ndarray, kept: np.ndarray, n: int) -> list[tuple[int, int, float]]:
+    near, kept = near[: max(n, 0)], kept[: max(n, 0)]
+    sims = similarity(rows.sig, near, kept)
+    return [(int(d), int(k), round(float(s), 3)) for d, k, s in zip(near, kept, sims)]
 
 
 def _split(rows: Rows, cfg: RunConfig, alive: np.ndarray, split: np.ndarray) -> None:
