@@ -118,7 +118,7 @@ class EvalConfig(_Section):
     base_too: bool = Field(True, description="Also evaluate the untuned base model (zero-shot, same prompt).")
     baseline: bool = Field(True, description="Also train and evaluate TF-IDF + logistic regression (classify).")
     batch_size: int = Field(16, gt=0, description="Examples per generation/prediction batch.")
-    max_new_tokens: int = Field(128, gt=0, description="Generation limit for answers.")
+    max_new_tokens: int = Field(128, gt=0, description="Generation limit for answers (classify: at most the longest label + 8 tokens).")
     max_examples: int | None = Field(None, gt=0, description="Evaluate on at most this many test examples.")
     bootstrap: int = Field(1000, ge=0, description="Bootstrap resamples for 95% confidence intervals (0: none).")
     overfit_window: int = Field(3, gt=0, description="Flag overfitting when validation loss rose for this many evaluations.")
