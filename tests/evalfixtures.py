@@ -44,10 +44,18 @@ def make_run(root: Path, *, task: str = "classify", n: int = 120, overfit: bool 
     run.mkdir(parents=True)
     cfg = RunConfig.model_validate({"task": task, "train": {"data": str(data), "out": str(run)}, "eval": {"bootstrap": 200}})
     save_config(cfg, run / "config.yaml")
-    manifest = {"task": task, "labels": LABELS if task == "classify" else [],
-                "counts": {"train": {"rows": 4000}, "val": {"rows": 200}, "test": {"rows": n}},
-                "inputs": [{"path": "runs/demo/trec.jsonl", "sha256": "ab" * 32}],
-                "length_stats": {"chars": {"mean": 48.2, "p95": 90, "max": 180}}}
+    # The shape `tuneloop prepare` writes (tuneloop/data/manifest.py), abridged.
+    splits = {"test": n, "train": 4000, "val": 200}
+    manifest: dict[str, Any] = {
+        "task": task,
+        "counts": {"read": 4500, "valid": 4420, "rejected": 80, "rejected_by_reason": {"empty text": 80},
+                   "exact_duplicates": 120, "pii": {}, "splits": splits},
+        "inputs": [{"format": "text_label", "path": "runs/demo/trec.jsonl", "role": "data", "rows": 4500, "sha256": "ab" * 32}],
+        "length_stats": {"unit": "whitespace tokens", **{s: {"count": k, "mean": 9.8, "p90": 14, "max": 30} for s, k in splits.items()}},
+    }
+    if task == "classify":
+        manifest["labels"] = LABELS
+        manifest["counts"]["label_distribution"] = {s: {lb: k // 6 for lb in LABELS} for s, k in splits.items()}
     (data / "manifest.json").write_text(json.dumps(manifest), encoding="utf-8")
     write_curves(run, overfit=overfit)
     if task == "classify":
@@ -69,7 +77,8 @@ def make_run(root: Path, *, task: str = "classify", n: int = 120, overfit: bool 
         labels = None
     scored = score(rows, systems, task=task, labels=labels, n_boot=200, seed=seed)
     scored.metrics.update({
-        "run": str(run), "test_file": str(data / "test.jsonl"), "test_sha256": "cd" * 32,
+        "run": str(run), "test_file": str(data / "test.jsonl"), "data_hashes": {str(data / "test.jsonl"): "cd" * 32},
+        "train_summary": {"steps": 200, "tokens_per_s": 301.5, "stopped": "max_steps"},
         "manifest": manifest, "curves": curve_summary(read_curves(run / "metrics.jsonl"), 3),
         "environment": environment(cfg), "config": cfg.model_dump(mode="json"),
     })

@@ -253,7 +253,9 @@ def test_cli_eval_end_to_end(trained: Callable[[str, str], Path], task: str, cla
     else:
         assert tuned["loss"] < base["loss"]  # tuning taught the answers: held-out loss fell
     assert (run / "report.html").stat().st_size > 10_000
-    assert metrics["environment"]["torch"] and metrics["test_sha256"]
+    assert metrics["environment"]["torch"] and metrics["train_summary"]["steps"] == 20
+    hashed = {Path(p).name for p in metrics["data_hashes"]}
+    assert hashed == ({"test.jsonl", "train.jsonl"} if task == "classify" else {"test.jsonl"})
 
 
 def test_cli_eval_without_base_and_bad_run(trained: Callable[[str, str], Path], tmp_path: Path) -> None:

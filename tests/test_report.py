@@ -60,8 +60,10 @@ def test_classification_content(classify_report: Path) -> None:
     assert f"{m['fixed']:,} fixed by tuning" in _section(html, "examples")
     assert "unparseable" in _section(html, "confusion")
     env = _section(html, "environment")
-    assert "torch" in env and "transformers" in env and "peft" in env and "ab" * 32 in env
-    assert "ABBR" in _section(html, "data") and "classify_as: generate" in _section(html, "config")
+    assert "torch" in env and "transformers" in env and "peft" in env and "ab" * 32 in env and "cd" * 32 in env
+    data = _section(html, "data")
+    assert "ABBR" in data and "Lengths (whitespace tokens)" in data and "label_distribution" in data
+    assert "classify_as: generate" in _section(html, "config") and "train_summary.json" in _section(html, "training")
 
 
 def test_user_text_is_escaped(classify_report: Path) -> None:

@@ -123,15 +123,43 @@ def _short(value: Any, limit: int = 300) -> str:
 
 
 def dict_table(data: dict[str, Any]) -> str:
-    """A mapping as a table: scalars as key/value rows; a mapping of mappings as a matrix.
+    """A (nested) mapping as tables: scalars as key/value rows, a mapping of mappings as a matrix
+    (rows are whichever side has more keys), other nested mappings as titled tables side by side.
 
+    >>> dict_table({"read": 3, "splits": {"train": 2, "test": 1}}).count("<table>")
+    2
     >>> dict_table({"train": {"a": 1}, "test": {"a": 2, "b": 3}}).count("<tr>")
     3
     """
-    if data and all(isinstance(v, dict) for v in data.values()):
-        cols = list(dict.fromkeys(k for v in data.values() for k in v))
-        return table(["", *cols], [[k, *(_scalar(v.get(c, "")) for c in cols)] for k, v in data.items()])
-    return table(["field", "value"], [[k, _scalar(v)] for k, v in data.items()])
+    if data and all(isinstance(v, dict) and not any(isinstance(x, dict) for x in v.values()) for v in data.values()):
+        return _matrix(data)
+    scalars = [[k, _scalar(data[k])] for k in _ordered(data) if not isinstance(data[k], dict)]
+    blocks = {"": table(["field", "value"], scalars)} if scalars else {}
+    blocks.update({k: dict_table(v) for k, v in data.items() if isinstance(v, dict) and v})
+    return _side_by_side(blocks)
+
+
+def _side_by_side(blocks: dict[str, str]) -> str:
+    """Titled HTML blocks laid out in a row (wrapping), each under an `<h4>` title if it has one."""
+    return "".join(f'<div style="display:inline-block;vertical-align:top;margin-right:1.5rem">'
+                   f'{f"<h4>{esc(t)}</h4>" if t else ""}{b}</div>' for t, b in blocks.items())
+
+
+_SPLIT_ORDER = {"train": 0, "val": 1, "test": 2}
+
+
+def _ordered(keys: Iterable[str]) -> list[str]:
+    # Splits read best in pipeline order; other keys keep theirs.
+    keys = list(dict.fromkeys(keys))
+    return sorted(keys, key=lambda k: _SPLIT_ORDER[k]) if keys and set(keys) <= set(_SPLIT_ORDER) else keys
+
+
+def _matrix(data: dict[str, dict[str, Any]]) -> str:
+    data = {k: data[k] for k in _ordered(data)}
+    inner = _ordered(k for v in data.values() for k in v)
+    if len(inner) > len(data):  # long side down: e.g. labels as rows, splits as columns
+        return table(["", *data], [[k, *(_scalar(v.get(k, "")) for v in data.values())] for k in inner])
+    return table(["", *inner], [[k, *(_scalar(v.get(c, "")) for c in inner)] for k, v in data.items()])
 
 
 def _scalar(v: Any) -> Any:
@@ -174,11 +202,17 @@ def _data_section(manifest: dict[str, Any]) -> str:
     parts = [f"<p>task: <b>{esc(manifest.get('task', '?'))}</b>"
              + (f"; {len(manifest['labels'])} labels: {esc(', '.join(map(str, manifest['labels'])))}" if manifest.get("labels") else "")
              + "</p>"]
-    for key, title in (("counts", "Counts"), ("length_stats", "Lengths")):
-        if isinstance(manifest.get(key), dict) and manifest[key]:
-            parts.append(f"<h3>{title}</h3>" + dict_table(manifest[key]))
-    if manifest.get("inputs"):
-        parts.append("<h3>Inputs</h3>" + table(["path", "sha256"], [[i.get("path"), i.get("sha256")] for i in manifest["inputs"]]))
+    counts = manifest.get("counts")
+    if isinstance(counts, dict) and counts:
+        parts.append("<h3>Counts</h3>" + dict_table(counts))
+    lengths = dict(manifest.get("length_stats") or {})
+    if lengths:
+        unit = lengths.pop("unit", "")
+        parts.append(f"<h3>Lengths{f' ({esc(unit)})' if unit else ''}</h3>" + dict_table(lengths))
+    inputs = [i for i in manifest.get("inputs") or [] if isinstance(i, dict)]
+    if inputs:
+        cols = list(dict.fromkeys(k for i in inputs for k in i))
+        parts.append("<h3>Inputs</h3>" + table(cols, [[_scalar(i.get(c, "")) for c in cols] for i in inputs]))
     return section("Data", "\n".join(parts), "data")
 
 
@@ -206,7 +240,9 @@ def _training_section(run_dir: Path, m: dict[str, Any]) -> str:
     flag = (f'<p class="warn">Overfitting: validation loss rose for the last {summary.get("overfit_window")} evaluations.</p>'
             if summary.get("overfitting") else
             f'<p class="ok">No overfitting: validation loss did not rise for the last {summary.get("overfit_window")} evaluations.</p>')
-    return section("Training", _curves_figure(curves.train, curves.val) + flag + dict_table(summary), "training")
+    tables = {"validation": summary, "train_summary.json": m.get("train_summary") or {}}
+    return section("Training", _curves_figure(curves.train, curves.val) + flag + _side_by_side(
+        {title: dict_table(d) for title, d in tables.items() if d}), "training")
 
 
 def _metric_rows(systems: dict[str, Any]) -> list[list[str]]:
@@ -311,6 +347,8 @@ def _examples_table(examples: list[dict[str, Any]], systems: list[str]) -> str:
         out = ex.get(f"{n}_output")
         if f"{n}_label" not in ex:
             return _short(out)
+        if ex[f"{n}_label"] is None and not (out or "").strip():
+            return "unparseable (empty answer)"
         shown = "unparseable" if ex[f"{n}_label"] is None else str(ex[f"{n}_label"])
         # Show the raw answer too when it is more than the bare label.
         return shown if out is None or out.strip() == shown else f"{shown} ← “{_short(out, 120)}”"
@@ -333,10 +371,10 @@ def _examples_section(m: dict[str, Any], fixed_broken: dict[str, list[dict[str, 
 
 
 def _environment_section(m: dict[str, Any]) -> str:
-    hashes = [[m.get("test_file", "test file"), m.get("test_sha256", "")]]
-    hashes += [[i.get("path"), i.get("sha256")] for i in m.get("manifest", {}).get("inputs", [])]
-    return section("Environment", dict_table(m.get("environment", {})) + "<h3>Data hashes (sha256)</h3>"
-                   + table(["file", "sha256"], hashes), "environment")
+    env = table(["", "version"], [[k, str(v)] for k, v in m.get("environment", {}).items()])
+    hashes = [["evaluation", path, digest] for path, digest in m.get("data_hashes", {}).items()]
+    hashes += [["prepare input", i.get("path"), i.get("sha256")] for i in m.get("manifest", {}).get("inputs", [])]
+    return section("Environment", env + "<h3>Data hashes (sha256)</h3>" + table(["used by", "file", "sha256"], hashes), "environment")
 
 
 def render_run_report(run_dir: Path, metrics: dict[str, Any], fixed_broken: dict[str, list[dict[str, Any]]]) -> str:
@@ -358,7 +396,7 @@ def render_run_report(run_dir: Path, metrics: dict[str, Any], fixed_broken: dict
             _confusion_section(metrics),
             _per_class_section(metrics),
             _examples_section(metrics, fixed_broken),
-            section("Run config", f"<pre>{esc(config)}</pre>", "config"),
+            section("Run config", f'<pre style="columns:3">{esc(config)}</pre>', "config"),
             _environment_section(metrics),
         ],
         subtitle=f"{metrics.get('run', run_dir)} · task {metrics.get('task', '?')} · test file {metrics.get('test_file', '?')}",

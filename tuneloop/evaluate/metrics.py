@@ -203,6 +203,11 @@ def classification_report(
     `None` in `y_pred` marks an unparseable answer: wrong, counted in `unparseable_rate`, and shown
     in an extra last column of the confusion matrix.
 
+    The macro, micro and weighted averages run over the labels that occur in `y_true` (listed in
+    `averaged_over`): a task label absent from this test set would otherwise add a 0 (or, with
+    no predictions of it, an undefined) F1 to every system's macro average. Predicting such a label
+    is still wrong. Per-class rows and the confusion matrix show every label.
+
     Args:
         y_true: True labels (each must be in `labels`).
         y_pred: Predicted labels or None.
@@ -218,9 +223,12 @@ def classification_report(
     (0.5, 0.5, [[1, 0, 0], [0, 0, 1]])
     """
     labels = list(labels)
-    out: dict[str, Any] = {"n": len(y_true), "labels": labels, "accuracy": accuracy_score(y_true, y_pred)}
+    present = set(y_true)
+    averaged = [label for label in labels if label in present]
+    out: dict[str, Any] = {"n": len(y_true), "labels": labels, "averaged_over": averaged,
+                           "accuracy": accuracy_score(y_true, y_pred)}
     for avg in ("macro", "micro", "weighted"):
-        p, r, f, _ = precision_recall_fscore_support(y_true, y_pred, labels=labels, average=avg)
+        p, r, f, _ = precision_recall_fscore_support(y_true, y_pred, labels=averaged, average=avg)
         out[avg] = {"precision": p, "recall": r, "f1": f}
     p, r, f, s = precision_recall_fscore_support(y_true, y_pred, labels=labels, average=None)
     out["per_class"] = {

@@ -62,7 +62,7 @@ def _classification(out: SystemOutput, ref_labels: Sequence[str], labels: list[s
     rep["ci"] = {
         "accuracy": bootstrap_ci(accuracy_score, ref_labels, out.labels, n_resamples=n_boot, seed=seed),
         "macro_f1": bootstrap_ci(
-            lambda t, p: f1_score(t, p, labels=labels, average="macro"), ref_labels, out.labels,
+            lambda t, p: f1_score(t, p, labels=rep["averaged_over"], average="macro"), ref_labels, out.labels,
             n_resamples=n_boot, seed=seed,
         ),
     }

@@ -283,8 +283,11 @@ def run(run_dir: Path, config: Path | None = None, overrides: dict[str, Any] | N
     if cfg.task == "classify" and cfg.eval.baseline and (bl := _baseline(data_dir, rows, cfg.seed)) is not None:
         systems["baseline"] = bl
     scored = score(rows, systems, task=cfg.task, labels=labels, n_boot=cfg.eval.bootstrap, seed=cfg.seed)
+    used = [test_file] + ([data_dir / "train.jsonl"] if "baseline" in systems and data_dir else [])
+    summary_path = run_dir / "train_summary.json"
     scored.metrics.update({
-        "run": str(run_dir), "test_file": str(test_file), "test_sha256": sha256(test_file),
+        "run": str(run_dir), "test_file": str(test_file), "data_hashes": {str(p): sha256(p) for p in used},
+        "train_summary": json.loads(summary_path.read_text(encoding="utf-8")) if summary_path.is_file() else {},
         "manifest": manifest, "curves": curve_summary(read_curves(run_dir / "metrics.jsonl"), cfg.eval.overfit_window),
         "environment": environment(cfg), "config": cfg.model_dump(mode="json"),
     })
