@@ -211,3 +211,12 @@ def test_cli_error_is_one_line_without_traceback(tmp_path: Path) -> None:
                            "--out", str(tmp_path / "out")], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 1
     assert "0 of 3 rows valid: 3 missing field 'label'" in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.integration
+def test_lengths_with_the_default_base_models_tokenizer(tmp_path: Path) -> None:
+    data = write_jsonl(tmp_path / "d.jsonl", classify_rows(20, seed=16))
+    result = run(make_cfg(tmp_path / "out", [data], tokenizer="default", val_fraction=0.0, test_fraction=0.0))
+    stats = result.manifest["length_stats"]
+    assert stats["unit"] == "tokens (default)"
+    assert stats["train"]["min"] > 12  # 12 made-up words are more than 12 subword tokens

@@ -56,7 +56,8 @@ def _rejected(c: dict[str, Any]) -> str:
     if not c["rejected_by_reason"]:
         return '<p class="ok">No row was rejected.</p>'
     by_count = sorted(c["rejected_by_reason"].items(), key=lambda kv: (-kv[1], kv[0]))
-    return report.table(["reason", "rows"], by_count) + '<p class="muted">Each rejected row, with its file, line and a full reason, is in rejects.jsonl.</p>'
+    where = '<p class="muted">Each rejected row, with its file, line and a full reason, is in rejects.jsonl.</p>'
+    return report.table(["reason", "rows"], by_count) + where
 
 
 def _pii(c: dict[str, Any], action: str) -> str:
@@ -65,7 +66,8 @@ def _pii(c: dict[str, Any], action: str) -> str:
     if not c["pii"]:
         return '<p class="ok">No e-mail address, phone, card, IBAN, IP address or SSN found.</p>'
     verb = "replaced with placeholders like [EMAIL]" if action == "redact" else "rows dropped"
-    return report.table(["kind", "found"], list(c["pii"].items())) + f"<p>{c['pii_rows']:,} rows held personal data ({verb}).</p>"
+    rows = f"<p>{c['pii_rows']:,} rows held personal data ({verb}).</p>"
+    return report.table(["kind", "found"], list(c["pii"].items())) + rows
 
 
 def _near(pairs: list[tuple[dict[str, Any], dict[str, Any], float]], settings: dict[str, Any]) -> str:

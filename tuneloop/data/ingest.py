@@ -32,6 +32,7 @@ from tuneloop.errors import TuneloopError
 CHUNK = 4096  # rows measured and signed together (tokenizers and numpy like batches)
 SAMPLE = 1000  # rows per file that vote on its format
 _SURROGATE = re.compile(r"[\ud800-\udfff]")
+_EMPTIED = "is empty after cleaning (it held only HTML, control characters or spaces)"
 _UNKNOWN_FORMAT = (
     "no known record format: expected 'messages', 'conversations' (ShareGPT), "
     "'instruction' + 'output' (alpaca) or 'prompt' + 'completion'"
@@ -92,7 +93,7 @@ class Ingest:
         self.p = cfg.prepare
         self.rejects, self.spill, self.advance = rejects, spill, advance
         self.laps = Laps()
-        self.meter = LengthMeter(self.p.tokenizer)
+        self.meter = LengthMeter(self.p.tokenizer, cfg.task, cfg.train.classify_as)
         self.signer = Signer(self.p.near_dup_num_perm)
         self.counts: Counter[str] = Counter()
         self.rejected: Counter[str] = Counter()
@@ -172,7 +173,7 @@ class Ingest:
         if self.task == "classify":
             ex.text = clean_text(ex.text, html_tags=html_tags)
             if not ex.text:
-                raise Invalid("empty after cleaning", "text is empty after cleaning (it held only HTML, control characters or spaces)")
+                raise Invalid("empty after cleaning", f"text {_EMPTIED}")
             ex.label = clean_text(ex.label or "", html_tags=False)
             if not ex.label:
                 raise Invalid(f"empty field '{self.p.label_field}'", "label is empty after removing control characters")
@@ -180,7 +181,7 @@ class Ingest:
         for i, m in enumerate(ex.messages, 1):
             m["content"] = clean_text(m["content"], html_tags=html_tags, keep_lines=True)
             if not m["content"]:
-                raise Invalid("empty after cleaning", f"message {i} is empty after cleaning (it held only HTML, control characters or spaces)")
+                raise Invalid("empty after cleaning", f"message {i} {_EMPTIED}")
 
     def _redact(self, ex: Example, raw: RawRow) -> None:
         if self.p.pii == "off":
@@ -224,7 +225,8 @@ class Ingest:
             if isinstance(ex, Example):
                 n = next(lengths)
                 if self.p.max_tokens is not None and n > self.p.max_tokens:
-                    ex = Invalid("too many tokens", f"text has {n:,} {self.meter.unit}, over the limit of {self.p.max_tokens:,} (--max-tokens)")
+                    limit = f"over the limit of {self.p.max_tokens:,} (--max-tokens)"
+                    ex = Invalid("too many tokens", f"text has {n:,} {self.meter.unit}, {limit}")
                 else:
                     kept.append((raw, ex, n))
                     continue
@@ -297,4 +299,5 @@ def _check_unicode(ex: Example) -> None:
     texts += [v for v in ex.meta.values() if isinstance(v, str)]
     for t in texts:
         if _SURROGATE.search(t):
-            raise Invalid("invalid Unicode", "text holds an unpaired surrogate (a broken \\ud800-\\udfff escape); fix the source text")
+            reason = "text holds an unpaired surrogate (a broken \\ud800-\\udfff escape); fix the source text"
+            raise Invalid("invalid Unicode", reason)

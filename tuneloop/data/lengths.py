@@ -7,31 +7,28 @@ from typing import Any
 
 import numpy as np
 
-from tuneloop.errors import TuneloopError
 
 _BATCH = 1024
 
 
-def load_tokenizer(name: str) -> Any:
-    """The tokenizer of base model `name` (`default`, a folder, a .gguf file or a hub id).
+def load_tokenizer(name: str, task: str = "generate", classify_as: str = "generate") -> Any:
+    """The tokenizer of base model `name`: `default`, an alias, a model or tokenizer folder, a .gguf file, a hub id.
 
-    Uses `tuneloop.models.load_tokenizer`, which knows the embedded models; a plain local folder
-    also works without it.
+    Args:
+        name: The base model, resolved as `tuneloop.models.resolve` does; a folder holding only a
+            tokenizer (no config.json) is loaded as it is.
+        task: The run's task (decides what `default` means).
+        classify_as: `head` or `generate` (decides what `default` means for classify).
 
     Raises:
         TuneloopError: the tokenizer cannot be loaded.
     """
-    try:
-        from tuneloop.models import load_tokenizer as models_load_tokenizer
-    except ImportError:
-        models_load_tokenizer = None
-    if models_load_tokenizer is not None:
-        return models_load_tokenizer(name)
-    if not Path(name).is_dir():
-        raise TuneloopError(f"cannot load tokenizer {name!r}: give a local model folder, or leave --tokenizer unset")
-    from transformers import AutoTokenizer
+    from tuneloop import models  # imports torch: only when lengths are measured in tokens
 
-    return AutoTokenizer.from_pretrained(name)
+    path = Path(name).expanduser()
+    if path.is_dir() and not (path / "config.json").is_file():
+        return models.load_tokenizer(path)
+    return models.load_tokenizer(models.resolve(name, task=task, classify_as=classify_as))
 
 
 class LengthMeter:
@@ -39,10 +36,12 @@ class LengthMeter:
 
     Args:
         tokenizer: A base-model name for `load_tokenizer`, or None for whitespace tokens.
+        task: The run's task (decides what `default` means).
+        classify_as: `head` or `generate` (decides what `default` means for classify).
     """
 
-    def __init__(self, tokenizer: str | None = None) -> None:
-        self._tok = load_tokenizer(tokenizer) if tokenizer else None
+    def __init__(self, tokenizer: str | None = None, task: str = "generate", classify_as: str = "generate") -> None:
+        self._tok = load_tokenizer(tokenizer, task, classify_as) if tokenizer else None
         self.unit = f"tokens ({tokenizer})" if tokenizer else "whitespace tokens"
 
     def measure(self, texts: list[str]) -> list[int]:

@@ -115,13 +115,15 @@ def read_rows(path: str) -> Iterator[RawRow]:
 
 def _utf8_error(err: UnicodeDecodeError, where: str = "") -> Invalid:
     bad = err.object[err.start : err.start + 1].hex()
-    return Invalid("not UTF-8", f"{where}bytes are not valid UTF-8 (byte 0x{bad} at position {err.start}); re-save the file as UTF-8")
+    reason = f"{where}bytes are not valid UTF-8 (byte 0x{bad} at position {err.start}); re-save the file as UTF-8"
+    return Invalid("not UTF-8", reason)
 
 
 def _as_object(source: str, line: int, value: Any, nbytes: int = 0) -> RawRow:
     if isinstance(value, dict):
         return RawRow(source, line, value, value, None, nbytes)
-    return RawRow(source, line, None, value, Invalid("not an object", f"expected a JSON object, got {_json_type(value)}"), nbytes)
+    error = Invalid("not an object", f"expected a JSON object, got {_json_type(value)}")
+    return RawRow(source, line, None, value, error, nbytes)
 
 
 def _json_type(value: Any) -> str:
@@ -137,7 +139,8 @@ def _parse_json_line(source: str, line: int, data: bytes) -> RawRow:
     try:
         value = json.loads(text)
     except json.JSONDecodeError as e:
-        return RawRow(source, line, None, text.rstrip("\r\n"), Invalid("invalid JSON", f"invalid JSON: {e.msg} (column {e.colno})"), len(data))
+        error = Invalid("invalid JSON", f"invalid JSON: {e.msg} (column {e.colno})")
+        return RawRow(source, line, None, text.rstrip("\r\n"), error, len(data))
     return _as_object(source, line, value, len(data))
 
 
@@ -168,7 +171,8 @@ def _read_json(path: str) -> Iterator[RawRow]:
     if isinstance(value, dict):
         value = [value]
     if not isinstance(value, list):
-        yield RawRow(path, 1, None, value, Invalid("not an object", f"expected a JSON array of objects, got {_json_type(value)}"), len(data))
+        error = Invalid("not an object", f"expected a JSON array of objects, got {_json_type(value)}")
+        yield RawRow(path, 1, None, value, error, len(data))
         return
     per_row = len(data) // max(len(value), 1)
     for i, item in enumerate(value, 1):
@@ -201,7 +205,8 @@ def _csv_row(path: str, line: int, header: list[str], fields: list[str]) -> RawR
     nbytes = sum(len(v) for v in fields) + len(fields)
     if _has_surrogates(fields):
         raw = [v.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace") for v in fields]
-        return RawRow(path, line, None, raw, Invalid("not UTF-8", "bytes are not valid UTF-8; re-save the file as UTF-8"), nbytes)
+        error = Invalid("not UTF-8", "bytes are not valid UTF-8; re-save the file as UTF-8")
+        return RawRow(path, line, None, raw, error, nbytes)
     if len(fields) != len(header):
         reason = f"row has {len(fields)} fields but the header has {len(header)}"
         return RawRow(path, line, None, fields, Invalid("wrong field count", reason), nbytes)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -19,8 +20,8 @@ from tuneloop.data.split import SPLITS
 MANIFEST_VERSION = 1
 
 
-def write_splits(spill: Path, out: Path, sel: Selection, rows: Rows, rejects: TextIO, conflict_policy: str
-                 ) -> dict[int, dict[str, Any]]:
+def write_splits(spill: Path, out: Path, sel: Selection, rows: Rows, rejects: TextIO, conflict_policy: str,
+                 advance: Callable[[int], None] | None = None) -> dict[int, dict[str, Any]]:
     """Copy each kept row from the spill file to its split file; label conflicts go to rejects.
 
     Args:
@@ -30,6 +31,7 @@ def write_splits(spill: Path, out: Path, sel: Selection, rows: Rows, rejects: Te
         rows: The rows' compact state (for conflict reasons).
         rejects: Open rejects.jsonl, appended to.
         conflict_policy: `drop` or `keep_majority`, named in the reason.
+        advance: Called with a row count now and then (progress bars); may be None.
 
     Returns:
         The records of the rows in `sel.near_examples`, by row index (for the report).
@@ -47,6 +49,8 @@ def write_splits(spill: Path, out: Path, sel: Selection, rows: Rows, rejects: Te
                     rejects.write(_conflict_reject(json.loads(line), rows, sel, int(rows.keys[i]), conflict_policy))
                 if i in wanted:
                     found[i] = json.loads(line)
+                if advance is not None and i % 16384 == 16383:
+                    advance(16384)
     finally:
         for fh in files:
             fh.close()

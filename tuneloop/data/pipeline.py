@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
-from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
 
 from tuneloop.config import RunConfig
 from tuneloop.data.html_report import write_report
@@ -93,15 +93,23 @@ def run(cfg: RunConfig) -> PrepareResult:
 
 
 def _prepare(cfg: RunConfig, inputs: list[str], test_files: list[str], out: Path, spill: Path) -> PrepareResult:
-    with open(out / "rejects.jsonl", "w", encoding="utf-8", newline="\n", errors="backslashreplace") as rejects:
-        ingest = _first_pass(cfg, inputs, test_files, rejects, spill)
+    console = Console(stderr=True)
+    columns = [TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(), TimeElapsedColumn()]
+    # transient: the bars vanish when done and the summary table stays; off when not a terminal (logs, CI)
+    with open(out / "rejects.jsonl", "w", encoding="utf-8", newline="\n", errors="backslashreplace") as rejects, \
+            Progress(*columns, console=console, transient=True, disable=not console.is_terminal) as progress:
+        ingest = _first_pass(cfg, inputs, test_files, rejects, spill, progress)
         rows = ingest.rows()
         if not len(rows.keys):
-            raise TuneloopError(nothing_valid(ingest.counts["read"], ingest.rejected, out / "rejects.jsonl", ingest.first_reject))
+            why = nothing_valid(ingest.counts["read"], ingest.rejected, out / "rejects.jsonl", ingest.first_reject)
+            raise TuneloopError(why)
+        progress.add_task("deduplicating, splitting, checking leakage", total=None)
         sel = select(rows, cfg, ingest.laps)
         if not (sel.split == 0).any():
             raise TuneloopError(_nothing_to_train(sel.counts, len(rows.keys)))
-        records = write_splits(spill, out, sel, rows, rejects, cfg.prepare.label_conflicts)
+        task = progress.add_task("writing splits", total=len(rows.keys))
+        records = write_splits(spill, out, sel, rows, rejects, cfg.prepare.label_conflicts,
+                               advance=lambda n: progress.advance(task, n))
         ingest.laps.lap("write")
     p = cfg.prepare
     bands, band_rows = lsh_shape(p.near_dup_threshold, p.near_dup_num_perm)
@@ -115,18 +123,17 @@ def _prepare(cfg: RunConfig, inputs: list[str], test_files: list[str], out: Path
     return PrepareResult(out, manifest, dict(ingest.laps.seconds))
 
 
-def _first_pass(cfg: RunConfig, inputs: list[str], test_files: list[str], rejects: Any, spill: Path) -> Ingest:
+def _first_pass(cfg: RunConfig, inputs: list[str], test_files: list[str], rejects: Any, spill: Path,
+                progress: Progress) -> Ingest:
     files = [(f, 0) for f in inputs] + [(f, 1) for f in test_files]
     total = sum(Path(f).stat().st_size for f, _ in files)
-    console = Console(stderr=True)
-    columns = [TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TimeElapsedColumn()]
-    with open(spill, "w", encoding="utf-8", newline="\n") as spill_file, \
-            Progress(*columns, console=console, transient=True, disable=not console.is_terminal) as progress:
-        task = progress.add_task("reading, checking, cleaning", total=total)
+    with open(spill, "w", encoding="utf-8", newline="\n") as spill_file:
+        task = progress.add_task("reading", total=total)
         ingest = Ingest(cfg, rejects, spill_file, advance=lambda n: progress.advance(task, n))
         for path, group in files:
-            progress.update(task, description=f"reading {Path(path).name}")
+            progress.update(task, description=f"reading, checking, cleaning {Path(path).name}")
             ingest.add_file(path, group)
+        progress.update(task, completed=total)
     return ingest
 
 

@@ -145,10 +145,15 @@ def require_text(obj: dict[str, Any], name: str, hint: str = "") -> str:
         raise _missing(name, hint)
     value = obj[name]
     if not isinstance(value, str):
-        raise Invalid(f"wrong type for '{name}'", f"field '{name}' must be a string, got {type(value).__name__} ({_short(value)})")
+        raise _wrong_type(name, value, "a string")
     if not value.strip():
         raise Invalid(f"empty field '{name}'", f"field '{name}' is empty")
     return value
+
+
+def _wrong_type(name: str, value: Any, expected: str, subject: str | None = None) -> Invalid:
+    reason = f"{subject or f'field {name!r}'} must be {expected}, got {type(value).__name__} ({_short(value)})"
+    return Invalid(f"wrong type for '{name}'", reason)
 
 
 def _short(value: Any, limit: int = 40) -> str:
@@ -176,13 +181,14 @@ def label_string(value: Any, name: str = "label") -> str:
         return str(value)
     if isinstance(value, float):
         if not value.is_integer():
-            raise Invalid(f"wrong type for '{name}'", f"label {value!r} is a fraction, not a class; labels are strings or integers")
+            reason = f"label {value!r} is a fraction, not a class; labels are strings or integers"
+            raise Invalid(f"wrong type for '{name}'", reason)
         return str(int(value))
     if isinstance(value, str):
         if not value.strip():
             raise Invalid(f"empty field '{name}'", f"field '{name}' is empty")
         return value.strip()
-    raise Invalid(f"wrong type for '{name}'", f"field '{name}' must be a string or integer, got {type(value).__name__} ({_short(value)})")
+    raise _wrong_type(name, value, "a string or integer")
 
 
 def _content(value: Any, where: str) -> str:
@@ -192,13 +198,14 @@ def _content(value: Any, where: str) -> str:
         for part in value:
             if not isinstance(part, dict) or part.get("type") != "text" or not isinstance(part.get("text"), str):
                 kind = part.get("type") if isinstance(part, dict) else type(part).__name__
-                raise Invalid("unsupported content", f"{where} has a content part of type {kind!r}; only text parts are supported")
+                reason = f"{where} has a content part of type {kind!r}; only text parts are supported"
+                raise Invalid("unsupported content", reason)
             parts.append(part["text"])
         value = "".join(parts)
     if value is None:
         raise Invalid("missing field 'content'", f"{where} has no content")
     if not isinstance(value, str):
-        raise Invalid("wrong type for 'content'", f"{where} content must be a string, got {type(value).__name__} ({_short(value)})")
+        raise _wrong_type("content", value, "a string", f"{where} content")
     if not value.strip():
         raise Invalid("empty field 'content'", f"{where} has empty content")
     return value
@@ -209,7 +216,7 @@ def _turn_list(obj: dict[str, Any], name: str) -> list[Any]:
         raise _missing(name)
     turns = obj[name]
     if not isinstance(turns, list):
-        raise Invalid(f"wrong type for '{name}'", f"field '{name}' must be a list of turns, got {type(turns).__name__}")
+        raise _wrong_type(name, turns, "a list of turns")
     if not turns:
         raise Invalid(f"empty field '{name}'", f"field '{name}' is an empty list")
     return turns
@@ -220,7 +227,7 @@ def _messages(obj: dict[str, Any]) -> list[dict[str, str]]:
     for i, msg in enumerate(_turn_list(obj, "messages"), 1):
         where = f"message {i}"
         if not isinstance(msg, dict):
-            raise Invalid("wrong type for 'messages'", f"{where} must be an object with role and content, got {type(msg).__name__}")
+            raise _wrong_type("messages", msg, "an object with role and content", where)
         role = msg.get("role")
         if role not in ROLES:
             raise _unknown_role(where, role, ROLES)
@@ -239,7 +246,7 @@ def _sharegpt(obj: dict[str, Any]) -> list[dict[str, str]]:
     for i, turn in enumerate(_turn_list(obj, "conversations"), 1):
         where = f"turn {i}"
         if not isinstance(turn, dict):
-            raise Invalid("wrong type for 'conversations'", f"{where} must be an object with from and value, got {type(turn).__name__}")
+            raise _wrong_type("conversations", turn, "an object with from and value", where)
         speaker = turn.get("from")
         role = SHAREGPT_ROLES.get(speaker.lower()) if isinstance(speaker, str) else None
         if role is None:
@@ -259,7 +266,7 @@ def _alpaca(obj: dict[str, Any]) -> list[dict[str, str]]:
     instruction = require_text(obj, "instruction")
     extra = obj.get("input")
     if extra is not None and not isinstance(extra, str):
-        raise Invalid("wrong type for 'input'", f"field 'input' must be a string, got {type(extra).__name__} ({_short(extra)})")
+        raise _wrong_type("input", extra, "a string")
     user = f"{instruction}\n\n{extra}" if extra and extra.strip() else instruction
     output = require_text(obj, "output")
     return _system(obj) + [{"role": "user", "content": user}, {"role": "assistant", "content": output}]
