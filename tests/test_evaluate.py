@@ -18,7 +18,7 @@ from tuneloop.evaluate.baseline import fit_baseline
 from tuneloop.evaluate.curves import curve_summary, overfitting, read_curves
 from tuneloop.evaluate.labels import LabelParser, words
 from tuneloop.evaluate.score import SystemOutput, score
-from tuneloop.evaluate.stage import eval_rows, load_run_config, read_jsonl, summary_table, write_outputs
+from tuneloop.evaluate.stage import eval_rows, load_run_config, load_test_set, read_jsonl, summary_table, write_outputs
 
 TREC = ["ABBR", "DESC", "ENTY", "HUM", "LOC", "NUM"]
 
@@ -191,6 +191,26 @@ def test_config_layers_saved_then_extra_then_cli(tmp_path: Path) -> None:
     assert cfg.eval.batch_size == 2
     with pytest.raises(TuneloopError, match="not a run folder"):
         load_run_config(tmp_path / "nope", None, {})
+
+
+def test_load_test_set_labels_override_and_limit(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "manifest.json").write_text(json.dumps({"task": "classify", "labels": ["neg", "pos"]}))
+    (data / "test.jsonl").write_text("".join(json.dumps({"id": str(i), "text": f"t{i}", "label": lb}) + "\n"
+                                             for i, lb in enumerate(["pos", "neg", "meh", "pos"])))
+    cfg = RunConfig.model_validate({"task": "classify", "train": {"data": str(data)}})
+    test = load_test_set(tmp_path, cfg, None, None)
+    assert test.labels == ["neg", "pos", "meh"] and len(test.rows) == 4 and test.manifest["labels"] == ["neg", "pos"]
+    assert test.rows[2] == {"id": "2", "input": "t2", "reference": "meh", "label": "meh",
+                            "row": {"id": "2", "text": "t2", "label": "meh"}}
+    other = tmp_path / "other.jsonl"
+    other.write_text(json.dumps({"text": "x", "label": "pos"}) + "\n")
+    assert [r["id"] for r in load_test_set(tmp_path, cfg, other, None).rows] == ["1"]  # --data wins; ids default to row numbers
+    assert len(load_test_set(tmp_path, cfg, None, 2).rows) == 2
+    gen = RunConfig.model_validate({"task": "generate"})
+    with pytest.raises(TuneloopError, match="pass --data"):
+        load_test_set(tmp_path, gen, None, None)
 
 
 def test_bad_test_rows_name_file_row_and_field(tmp_path: Path) -> None:

@@ -5,7 +5,6 @@ data; write `RUN/eval/{metrics.json, predictions.jsonl, fixed_broken.json}` and 
 from __future__ import annotations
 
 import gc
-import hashlib
 import json
 import platform
 from collections.abc import Sequence
@@ -71,15 +70,6 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
                 raise TuneloopError(f"{path}, line {lineno}: expected a JSON object, got {type(row).__name__}")
             rows.append(row)
     return rows
-
-
-def sha256(path: Path) -> str:
-    """Hex SHA-256 of a file's bytes."""
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def eval_rows(rows: list[dict[str, Any]], task: str, path: Path) -> list[dict[str, Any]]:
@@ -229,12 +219,43 @@ def _baseline(data_dir: Path | None, rows: list[dict[str, Any]], seed: int) -> S
     return SystemOutput(labels=model.predict([r["input"] for r in rows]).tolist())
 
 
-def _labels(cfg: RunConfig, manifest: dict[str, Any], rows: list[dict[str, Any]]) -> list[str] | None:
-    """The label set: the manifest's, plus any unseen test labels; None for open generation."""
+@dataclass
+class TestSet:
+    """The held-out rows a run is scored on, with the task's labels and where they came from.
+
+    Attributes:
+        rows: `eval_rows` output.
+        labels: The manifest's labels plus any unseen test labels; None for open generation.
+        file: The test file.
+        manifest: The data folder's manifest.json ({} when there is none).
+    """
+
+    __test__ = False  # not a pytest test class, despite the name
+
+    rows: list[dict[str, Any]]
+    labels: list[str] | None
+    file: Path
+    manifest: dict[str, Any]
+
+
+def load_test_set(run_dir: Path, cfg: RunConfig, data: Path | None, max_examples: int | None) -> TestSet:
+    """Read the test rows of a run: `data` if given, else the prepared `test.jsonl` of `cfg.train.data`.
+
+    Raises:
+        TuneloopError: no test file can be found, it is bad, or it has no rows.
+    """
+    data_dir = cfg.train.data
+    manifest_path = data_dir / "manifest.json" if data_dir else None
+    manifest = json.loads(manifest_path.read_text(encoding="utf-8")) if manifest_path and manifest_path.is_file() else {}
+    test_file = data or (data_dir / "test.jsonl" if data_dir else None)
+    if test_file is None:
+        raise TuneloopError(f"{run_dir}/config.yaml names no data folder (train.data); pass --data TEST.jsonl")
+    rows = eval_rows(read_jsonl(test_file), cfg.task, test_file)[:max_examples]
+    if not rows:
+        raise TuneloopError(f"{test_file} has no examples to evaluate on")
     known = list(manifest.get("labels") or [])
-    if cfg.task == "generate" and not known:
-        return None
-    return known + sorted({r["label"] for r in rows} - set(known))
+    labels = None if cfg.task == "generate" and not known else known + sorted({r["label"] for r in rows} - set(known))
+    return TestSet(rows, labels, Path(test_file), manifest)
 
 
 def _write_json(path: Path, obj: Any) -> None:
@@ -267,28 +288,22 @@ def run(run_dir: Path, config: Path | None = None, overrides: dict[str, Any] | N
     """
     from tuneloop.report import write_run_report
 
+    from tuneloop.data.load import sha256_file
+
     run_dir = Path(run_dir)
     cfg = load_run_config(run_dir, config, overrides or {})
     data_dir = cfg.train.data
-    manifest_path = data_dir / "manifest.json" if data_dir else None
-    manifest = json.loads(manifest_path.read_text(encoding="utf-8")) if manifest_path and manifest_path.is_file() else {}
-    test_file = cfg.eval.data or (data_dir / "test.jsonl" if data_dir else None)
-    if test_file is None:
-        raise TuneloopError(f"{run_dir}/config.yaml names no data folder (train.data); pass --data TEST.jsonl")
-    rows = eval_rows(read_jsonl(test_file), cfg.task, test_file)[: cfg.eval.max_examples]
-    if not rows:
-        raise TuneloopError(f"{test_file} has no examples to evaluate on")
-    labels = _labels(cfg, manifest, rows)
-    systems = _model_outputs(run_dir, rows, cfg, labels)
-    if cfg.task == "classify" and cfg.eval.baseline and (bl := _baseline(data_dir, rows, cfg.seed)) is not None:
+    test = load_test_set(run_dir, cfg, cfg.eval.data, cfg.eval.max_examples)
+    systems = _model_outputs(run_dir, test.rows, cfg, test.labels)
+    if cfg.task == "classify" and cfg.eval.baseline and (bl := _baseline(data_dir, test.rows, cfg.seed)) is not None:
         systems["baseline"] = bl
-    scored = score(rows, systems, task=cfg.task, labels=labels, n_boot=cfg.eval.bootstrap, seed=cfg.seed)
-    used = [test_file] + ([data_dir / "train.jsonl"] if "baseline" in systems and data_dir else [])
+    scored = score(test.rows, systems, task=cfg.task, labels=test.labels, n_boot=cfg.eval.bootstrap, seed=cfg.seed)
+    used = [test.file] + ([data_dir / "train.jsonl"] if "baseline" in systems and data_dir else [])
     summary_path = run_dir / "train_summary.json"
     scored.metrics.update({
-        "run": str(run_dir), "test_file": str(test_file), "data_hashes": {str(p): sha256(p) for p in used},
+        "run": str(run_dir), "test_file": str(test.file), "data_hashes": {str(p): sha256_file(str(p)) for p in used},
         "train_summary": json.loads(summary_path.read_text(encoding="utf-8")) if summary_path.is_file() else {},
-        "manifest": manifest, "curves": curve_summary(read_curves(run_dir / "metrics.jsonl"), cfg.eval.overfit_window),
+        "manifest": test.manifest, "curves": curve_summary(read_curves(run_dir / "metrics.jsonl"), cfg.eval.overfit_window),
         "environment": environment(cfg), "config": cfg.model_dump(mode="json"),
     })
     write_outputs(run_dir, scored)
