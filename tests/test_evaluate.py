@@ -286,3 +286,24 @@ def test_cli_eval_without_base_and_bad_run(trained: Callable[[str, str], Path], 
     assert set(metrics["systems"]) == {"tuned"} and metrics["comparisons"] == {}
     result = CliRunner().invoke(app, ["eval", str(tmp_path / "nothing")])
     assert result.exit_code != 0 and isinstance(result.exception, TuneloopError)
+
+
+@pytest.mark.integration
+def test_eval_real_smollm2_end_to_end(tmp_path: Path) -> None:
+    """The bundled SmolLM2 with its real chat template: a few LoRA steps, then `tuneloop eval`."""
+    tiny = pytest.importorskip("tiny")
+    from tuneloop import train
+    from tuneloop.config import load_config
+
+    data = tiny.write_data(tmp_path / "data", "classify", n_train=16, n_val=8)
+    train.run(load_config(None, {
+        "task": "classify", "base": "default", "train.data": str(data), "train.out": str(tmp_path / "run"),
+        "train.classify_as": "generate", "train.max_steps": 2, "train.batch_size": 4, "train.max_length": 96,
+    }))
+    result = CliRunner().invoke(app, ["eval", str(tmp_path / "run"), "--max-examples", "8", "--batch-size", "8"])
+    assert result.exit_code == 0, result.output
+    preds = [json.loads(line) for line in (tmp_path / "run" / "eval" / "predictions.jsonl").read_text().splitlines()]
+    # The real model answers in words (cut a few tokens after the longest label), never with template tokens.
+    assert all(p["base_output"].strip() and "<|im_" not in p["base_output"] for p in preds)
+    assert all(len(p["base_output"].split()) <= 12 for p in preds)
+    assert (tmp_path / "run" / "report.html").is_file()

@@ -13,6 +13,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from pydantic import BaseModel
 from rich.console import Group
 from rich.table import Table
 
@@ -26,13 +27,15 @@ from tuneloop.evaluate.score import Scored, SystemOutput, score
 VERSIONED = ("torch", "transformers", "peft", "accelerate", "scikit-learn", "numpy", "tuneloop")
 
 
-def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+def _fields_set(model: BaseModel, prefix: str = "") -> dict[str, Any]:
+    """The fields a YAML file set, by dotted name; sections recurse, dict-valued fields stay whole."""
     out: dict[str, Any] = {}
-    for k, v in d.items():
-        if isinstance(v, dict) and v and f"{prefix}{k}" != "eval.synonyms":
-            out.update(_flatten(v, f"{prefix}{k}."))
+    for name in model.model_fields_set:
+        value = getattr(model, name)
+        if isinstance(value, BaseModel):
+            out.update(_fields_set(value, f"{prefix}{name}."))
         else:
-            out[f"{prefix}{k}"] = v
+            out[f"{prefix}{name}"] = value
     return out
 
 
@@ -47,7 +50,7 @@ def load_run_config(run_dir: Path, config: Path | None, overrides: dict[str, Any
         raise TuneloopError(f"{run_dir} is not a run folder: {saved} is missing; pass the folder `tuneloop train` wrote")
     extra: dict[str, Any] = {}
     if config is not None:
-        extra = _flatten(load_config(config).model_dump(exclude_unset=True))
+        extra = _fields_set(load_config(config))
     return load_config(saved, {**extra, **{k: v for k, v in overrides.items() if v is not None}})
 
 
