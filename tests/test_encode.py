@@ -122,8 +122,9 @@ def test_collate_shifts_targets_within_each_packed_example() -> None:
     assert single["attention_mask"].tolist() == [[1, 1, 1, 0], [1, 1, 1, 1]]
 
 
-def test_packed_sequences_do_not_attend_across_boundaries(tiny_llama: Path, tok) -> None:
-    model = load_model(tiny_llama, "lm").eval()
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+def test_packed_sequences_do_not_attend_across_boundaries(tiny_llama: Path, tok, attention: str) -> None:
+    model = load_model(tiny_llama, "lm", attn_implementation=attention).eval()
     encs = [encode_chat(tok, CHAT[:3]), encode_chat(tok, CHAT)]
     packed = collate(encs, [[0, 1]], tok.pad_token_id)
     with torch.no_grad():

@@ -202,3 +202,24 @@ def test_a_run_folder_is_not_overwritten(lora_run: Path, tiny_llama: Path, gen_d
     with pytest.raises(TuneloopError, match="already holds a training run.*--resume"):
         train.run(_cfg(tiny_llama, gen_data, lora_run))
     assert train.resume(lora_run).steps == 24  # a finished run just reports
+
+
+def test_a_shared_prefix_gives_the_same_loss_and_gradients(tiny_llama: Path, cls_data: Path) -> None:
+    from tuneloop.encode import collate, encode_rows
+    from tuneloop.models import load_model, load_tokenizer
+
+    tok, model = load_tokenizer(tiny_llama), load_model(tiny_llama, "lm", attn_implementation="eager")
+    encs, _ = encode_rows(_rows(cls_data)[:6], tok, task="classify", kind="lm", max_length=128, labels=["negative", "positive"])
+    rows = [[i] for i in range(6)]
+    results = []
+    for share in (False, True):
+        batch = collate(encs, rows, tok.pad_token_id, share_prefix=share)
+        assert ("prefix_ids" in batch) == share
+        model.zero_grad()
+        loss = train.loss_sum(model, batch, "lm")
+        loss.backward()
+        results.append((loss.detach(), [p.grad.clone() for p in model.parameters()]))
+    assert batch["prefix_ids"].shape[1] >= 10  # the system prompt is computed once
+    assert torch.allclose(results[0][0], results[1][0], rtol=1e-5)
+    for a, b in zip(results[0][1], results[1][1]):
+        assert torch.allclose(a, b, atol=1e-6)

@@ -288,17 +288,47 @@ def eval_batches(examples: list[Encoded], batch_size: int) -> list[list[list[int
     return [[[i] for i in order[b : b + batch_size]] for b in range(0, len(order), batch_size)]
 
 
-def collate(examples: list[Encoded], rows: list[list[int]], pad_id: int) -> dict[str, torch.Tensor]:
+def shared_prefix(examples: list[Encoded]) -> int:
+    """Tokens that all examples share at the start and on which no loss is taken (0 if fewer than 2)."""
+    if len(examples) < 2:
+        return 0
+    first = examples[0].input_ids
+    n = min(len(e.input_ids) for e in examples) - 1  # each keeps at least one token of its own
+    for e in examples:
+        # Position i's target is token i + 1: the prefix must end before the first answer token.
+        n = min(n, next((i for i, t in enumerate(e.labels) if t != IGNORE), n + 1) - 1)
+        n = next((i for i in range(n) if e.input_ids[i] != first[i]), n)
+    return max(n, 0)
+
+
+def collate(
+    examples: list[Encoded], rows: list[list[int]], pad_id: int, *, share_prefix: bool = False
+) -> dict[str, torch.Tensor]:
     """Tensors for one micro-batch: right-padded ids plus shifted `targets` (LM) or `labels` (head).
 
     A packed row (several examples) gets position ids that restart per example and no attention
     mask, which makes transformers isolate the examples from each other (run with use_cache=False).
     `targets[i]` is what position `i` must predict, shifted within each example.
+
+    With `share_prefix`, a prompt prefix that every example of the batch starts with (a system
+    prompt) is returned once as `prefix_ids`; `input_ids`, `position_ids` and `targets` then hold
+    the rest, and `attention_mask` covers prefix + rest. `n_tokens` always counts every real token.
     """
+    head = isinstance(examples[rows[0][0]].labels, int)
+    n = shared_prefix([examples[r[0]] for r in rows]) if share_prefix and not head and all(len(r) == 1 for r in rows) else 0
+    if n >= _MIN_PREFIX:
+        return _split_prefix(_collate(examples, rows, pad_id, head), n)
+    return _collate(examples, rows, pad_id, head)
+
+
+# A shorter shared prefix saves less than the second forward call costs.
+_MIN_PREFIX = 8
+
+
+def _collate(examples: list[Encoded], rows: list[list[int]], pad_id: int, head: bool) -> dict[str, torch.Tensor]:
     width = max(sum(len(examples[i].input_ids) for i in r) for r in rows)
     ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(rows), width), dtype=torch.long)
-    head = isinstance(examples[rows[0][0]].labels, int)
     targets = torch.full((len(rows), width), IGNORE, dtype=torch.long)
     pos = torch.zeros((len(rows), width), dtype=torch.long)
     for r, row in enumerate(rows):
@@ -321,5 +351,14 @@ def collate(examples: list[Encoded], rows: list[list[int]], pad_id: int) -> dict
         batch["targets"] = targets
     else:
         batch["attention_mask"] = mask
+        batch["position_ids"] = pos
         batch["targets"] = targets
     return batch
+
+
+def _split_prefix(batch: dict[str, torch.Tensor], n: int) -> dict[str, torch.Tensor]:
+    return {
+        "prefix_ids": batch["input_ids"][:1, :n], "input_ids": batch["input_ids"][:, n:],
+        "attention_mask": batch["attention_mask"], "position_ids": batch["position_ids"][:, n:],
+        "targets": batch["targets"][:, n:], "n_tokens": batch["n_tokens"],
+    }

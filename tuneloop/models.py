@@ -181,6 +181,7 @@ def load_model(
     pad_token_id: int | None = None,
     trust_remote_code: bool = False,
     dtype: torch.dtype = torch.float32,
+    attn_implementation: str | None = None,
 ) -> torch.nn.Module:
     """Load a base model from safetensors only: a causal LM, or a sequence classifier with a new head.
 
@@ -191,6 +192,7 @@ def load_model(
         pad_token_id: Needed by decoder heads to find each sequence's last token.
         trust_remote_code: Only when the user asked for it.
         dtype: Weight dtype.
+        attn_implementation: `eager`, `sdpa`, ... (None: transformers' default).
 
     Raises:
         TuneloopError: the path holds no loadable model of that kind.
@@ -198,7 +200,8 @@ def load_model(
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
     check_kind(path, kind, trust_remote_code)
-    kwargs: dict = {"use_safetensors": True, "trust_remote_code": trust_remote_code, "dtype": dtype}
+    kwargs: dict = {"use_safetensors": True, "trust_remote_code": trust_remote_code, "dtype": dtype,
+                    "attn_implementation": attn_implementation}
     try:
         if kind == "lm":
             return AutoModelForCausalLM.from_pretrained(path, **kwargs)

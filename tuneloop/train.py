@@ -164,10 +164,6 @@ def _use_bf16(precision: str, device: torch.device) -> bool:
     return _cpu_has_fast_bf16()
 
 
-def _autocast(device: torch.device, bf16: bool) -> contextlib.AbstractContextManager:
-    return torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
-
-
 def _quiet_transformers() -> None:
     import transformers
 
@@ -200,18 +196,45 @@ def _add_lora(model: torch.nn.Module, cfg: RunConfig, kind: str) -> torch.nn.Mod
         ) from None
 
 
-def _build_model(cfg: RunConfig, base_path: Path | str, kind: str, labels: list[str] | None, tokenizer: Any) -> torch.nn.Module:
-    """The base model with LoRA adapters (or all weights trainable), seeded, in train mode."""
+def _attention(device: torch.device, max_length: int) -> str:
+    # On CPU, sdpa's flash-attention backward took a quarter of a short-sequence step; plain
+    # matmul attention is faster there while its (batch x heads x length^2) scores stay small.
+    return "eager" if device.type == "cpu" and max_length <= 512 else "sdpa"
+
+
+def _build_model(cfg: RunConfig, base_path: Path | str, kind: str, labels: list[str] | None, tokenizer: Any,
+                 device: torch.device, bf16: bool) -> torch.nn.Module:
+    """The base model with LoRA adapters (or all weights trainable), seeded, in train mode.
+
+    With LoRA and bf16 the frozen base weights are stored in bf16 (no cast in every matmul, half the
+    memory); what trains (adapters, a new head) stays fp32 for the optimizer.
+    """
     torch.manual_seed(cfg.seed)  # a new head and the LoRA init depend on it
+    lora = cfg.train.method == "lora"
     model = models.load_model(
-        base_path, kind, labels=labels, pad_token_id=tokenizer.pad_token_id, trust_remote_code=cfg.trust_remote_code
+        base_path, kind, labels=labels, pad_token_id=tokenizer.pad_token_id, trust_remote_code=cfg.trust_remote_code,
+        dtype=torch.bfloat16 if lora and bf16 else torch.float32, attn_implementation=_attention(device, cfg.train.max_length),
     )
     model.config.use_cache = False  # a KV cache in training breaks packed-sequence isolation
     if cfg.train.gradient_checkpointing:
         model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
-    if cfg.train.method == "lora":
+    if lora:
         model = _add_lora(model, cfg, kind)
+        _fp32_trainable(model, keep_input_dtype=bf16)
     return model.train()
+
+
+def _fp32_trainable(model: torch.nn.Module, keep_input_dtype: bool) -> None:
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    for p in model.parameters():
+        if p.requires_grad and p.dtype != torch.float32:
+            p.data = p.data.float()
+    if keep_input_dtype:
+        # Under autocast, peft's cast of each LoRA input to fp32 only adds two copies per layer.
+        for m in model.modules():
+            if isinstance(m, BaseTunerLayer):
+                m.cast_input_dtype_enabled = False
 
 
 def _core(model: torch.nn.Module) -> torch.nn.Module:
@@ -229,34 +252,62 @@ def loss_sum(model: torch.nn.Module, batch: dict[str, torch.Tensor], kind: str) 
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
         return F.cross_entropy(logits.float(), batch["labels"], reduction="sum")
     lm = _core(model)
-    hidden = lm.get_decoder()(
-        input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask"),
-        position_ids=batch.get("position_ids"), use_cache=False,
-    ).last_hidden_state
     keep = batch["targets"] != IGNORE
+    hidden = _hidden(lm, batch)
     logits = lm.get_output_embeddings()(hidden[keep]).float()
     return F.cross_entropy(logits, batch["targets"][keep], reduction="sum")
+
+
+def _hidden(lm: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The decoder's last hidden states; a shared prefix runs once and its keys/values are reused."""
+    decoder, cache = lm.get_decoder(), None
+    if "prefix_ids" in batch:
+        from transformers import DynamicCache
+
+        cache = DynamicCache(config=lm.config)
+        decoder(input_ids=batch["prefix_ids"], cache=cache, use_cache=True)
+        # Every row attends to the same prefix keys/values; their gradients add up in backward.
+        cache.batch_repeat_interleave(batch["input_ids"].shape[0])
+    return decoder(
+        input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask"), position_ids=batch.get("position_ids"),
+        cache=cache, use_cache=cache is not None,
+    ).last_hidden_state
 
 
 def _n_loss(batch: dict[str, torch.Tensor]) -> int:
     return len(batch["labels"]) if "labels" in batch else int((batch["targets"] != IGNORE).sum())
 
 
-def _to(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
-    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+@dataclass(frozen=True)
+class _Exec:
+    """How batches are built and run: the same for training, validation and `validation_loss`."""
+
+    kind: str
+    device: torch.device
+    bf16: bool
+    pad_id: int
+    share_prefix: bool
+
+    def batch(self, examples: list[Encoded], rows: list[list[int]]) -> dict[str, torch.Tensor]:
+        """Collate a micro-batch and move it to the device."""
+        b = collate(examples, rows, self.pad_id, share_prefix=self.share_prefix and self.kind == "lm")
+        return {k: v.to(self.device, non_blocking=True) for k, v in b.items()}
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """bf16 autocast, or nothing for fp32."""
+        return torch.autocast(self.device.type, dtype=torch.bfloat16) if self.bf16 else contextlib.nullcontext()
 
 
 @torch.no_grad()
-def _mean_loss(model: torch.nn.Module, examples: list[Encoded], kind: str, batch_size: int, pad_id: int,
-               device: torch.device, bf16: bool) -> float:
+def _mean_loss(model: torch.nn.Module, examples: list[Encoded], batch_size: int, ex: _Exec) -> float:
     """Mean loss per loss token (LM) or per example (head) over `examples`, in eval mode."""
     was_training = model.training
     model.eval()
     total, n = 0.0, 0
     for rows in eval_batches(examples, batch_size):
-        batch = _to(collate(examples, rows, pad_id), device)
-        with _autocast(device, bf16):
-            total += float(loss_sum(model, batch, kind))
+        batch = ex.batch(examples, rows)
+        with ex.autocast():
+            total += float(loss_sum(model, batch, ex.kind))
         n += _n_loss(batch)
     model.train(was_training)
     return total / max(n, 1)
@@ -358,9 +409,11 @@ class _Trainer:
         if dropped:
             console.print(f"[yellow]warning:[/] {dropped} training rows dropped: their prompt is longer than "
                           f"max_length {t.max_length}")
-        self.device = _device()
-        self.bf16 = _use_bf16(t.precision, self.device)
-        self.model = _build_model(cfg, self.base_path, self.kind, self.labels, self.tokenizer).to(self.device)
+        device = _device()
+        bf16 = _use_bf16(t.precision, device)
+        # Sharing a prefix needs a KV cache, which activation checkpointing turns off.
+        self.ex = _Exec(self.kind, device, bf16, self.tokenizer.pad_token_id, t.share_prefix and not t.gradient_checkpointing)
+        self.model = _build_model(cfg, self.base_path, self.kind, self.labels, self.tokenizer, device, bf16).to(device)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(self.params, lr=t.lr, weight_decay=t.weight_decay)
         self._order: tuple[int, list[list[list[int]]]] = (-1, [])
@@ -386,14 +439,13 @@ class _Trainer:
     def fit(self) -> TrainResult:
         """Train until max steps, the epochs, or early stopping; then write the model and summary."""
         t, s = self.cfg.train, self.state
-        pad = self.tokenizer.pad_token_id
         started = time.perf_counter()
         with self._progress() as bar, self._sigint():
             task = bar.add_task("training", total=self.total_steps, completed=s.step, loss=float("nan"), tps=0.0)
             while s.step < self.total_steps and not s.stopped:
                 batches = self._epoch(s.epoch)
                 group = batches[s.batch_in_epoch : s.batch_in_epoch + t.grad_accum]
-                loss, tokens, seconds = self._step([collate(self.train_set, rows, pad) for rows in group])
+                loss, tokens, seconds = self._step(group)
                 s.step += 1
                 s.batch_in_epoch += len(group)
                 s.tokens_seen += tokens
@@ -404,14 +456,14 @@ class _Trainer:
                 self._after_step(epoch_done=s.batch_in_epoch >= len(batches))
         return self._finish(time.perf_counter() - started)
 
-    def _step(self, micro: list[dict[str, torch.Tensor]]) -> tuple[float, int, float]:
+    def _step(self, group: list[list[list[int]]]) -> tuple[float, int, float]:
         """One optimizer step over a few micro-batches; the loss is the mean over all their loss tokens."""
         t0 = time.perf_counter()
+        micro = [self.ex.batch(self.train_set, rows) for rows in group]
         n_loss = sum(_n_loss(b) for b in micro)
         total = 0.0
         for batch in micro:
-            batch = _to(batch, self.device)
-            with _autocast(self.device, self.bf16):
+            with self.ex.autocast():
                 loss = loss_sum(self.model, batch, self.kind) / n_loss
             loss.backward()
             total += float(loss.detach())
@@ -437,7 +489,7 @@ class _Trainer:
 
     def _validate(self) -> None:
         t, s = self.cfg.train, self.state
-        val = _mean_loss(self.model, self.val_set, self.kind, t.batch_size, self.tokenizer.pad_token_id, self.device, self.bf16)
+        val = _mean_loss(self.model, self.val_set, t.batch_size, self.ex)
         s.last_val_step = s.step
         self._log({"kind": "val", "step": s.step, "epoch": round(s.epoch + s.batch_in_epoch / self.batches_per_epoch, 4), "loss": val})
         if val < s.best_val_loss:
@@ -541,9 +593,9 @@ class _Trainer:
             "dropped_examples": self.dropped, "tokens_seen": s.tokens_seen, "loss_tokens": s.loss_tokens,
             "tokens_per_s": s.tokens_seen / max(s.train_seconds, 1e-9), "train_seconds": s.train_seconds,
             "wall_seconds": wall, "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-            "bf16": self.bf16, "device": str(self.device),
+            "bf16": self.ex.bf16, "device": str(self.ex.device), "attention": _core(self.model).config._attn_implementation,
         }
-        if self.device.type == "cuda":
+        if self.ex.device.type == "cuda":
             info["peak_gpu_mib"] = torch.cuda.max_memory_allocated() / 2**20
         (self.run_dir / "train_summary.json").write_text(json.dumps(info, indent=1))
         return _result(self.run_dir, info)
@@ -701,6 +753,6 @@ def validation_loss(loaded: Loaded, rows: list[dict]) -> float:
     """
     examples, _ = _encode(loaded.cfg, loaded.tokenizer, rows, loaded.labels, "rows")
     device = next(loaded.model.parameters()).device
-    bf16 = _use_bf16(loaded.cfg.train.precision, device)
-    return _mean_loss(loaded.model, examples, loaded.kind, loaded.cfg.train.batch_size, loaded.tokenizer.pad_token_id,
-                      device, bf16)
+    t = loaded.cfg.train
+    ex = _Exec(loaded.kind, device, _use_bf16(t.precision, device), loaded.tokenizer.pad_token_id, t.share_prefix)
+    return _mean_loss(loaded.model, examples, t.batch_size, ex)
