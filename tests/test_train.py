@@ -206,6 +206,7 @@ def test_a_run_folder_is_not_overwritten(lora_run: Path, tiny_llama: Path, gen_d
 
 def test_a_shared_prefix_gives_the_same_loss_and_gradients(tiny_llama: Path, cls_data: Path) -> None:
     from tuneloop.encode import collate, encode_rows
+    from tuneloop.losses import loss_sum
     from tuneloop.models import load_model, load_tokenizer
 
     tok, model = load_tokenizer(tiny_llama), load_model(tiny_llama, "lm", attn_implementation="eager")
@@ -216,10 +217,32 @@ def test_a_shared_prefix_gives_the_same_loss_and_gradients(tiny_llama: Path, cls
         batch = collate(encs, rows, tok.pad_token_id, share_prefix=share)
         assert ("prefix_ids" in batch) == share
         model.zero_grad()
-        loss = train.loss_sum(model, batch, "lm")
+        loss = loss_sum(model, batch, "lm")
         loss.backward()
         results.append((loss.detach(), [p.grad.clone() for p in model.parameters()]))
     assert batch["prefix_ids"].shape[1] >= 10  # the system prompt is computed once
     assert torch.allclose(results[0][0], results[1][0], rtol=1e-5)
     for a, b in zip(results[0][1], results[1][1]):
         assert torch.allclose(a, b, atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_chunked_lm_head_loss_equals_plain_cross_entropy(monkeypatch: pytest.MonkeyPatch, dtype: torch.dtype) -> None:
+    from tuneloop import losses
+
+    monkeypatch.setattr(losses, "CHUNK", 7)  # several chunks and a ragged last one
+    torch.manual_seed(0)
+    hidden = torch.randn(30, 16, requires_grad=True)
+    weight = torch.randn(50, 16, requires_grad=True)  # trainable, as in full fine-tuning of a tied head
+    targets = torch.randint(0, 50, (30,))
+    grads = []
+    for fused in (True, False):
+        hidden.grad = weight.grad = None
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
+            loss = (losses.linear_cross_entropy(hidden, weight, targets) if fused
+                    else torch.nn.functional.cross_entropy((hidden @ weight.T).float(), targets, reduction="sum"))
+        (loss * 0.5).backward()
+        grads.append((loss.detach(), hidden.grad.clone(), weight.grad.clone()))
+    tol = 1e-5 if dtype == torch.float32 else 2e-2
+    for a, b in zip(grads[0], grads[1]):
+        assert torch.allclose(a, b, rtol=tol, atol=tol)

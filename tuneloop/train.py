@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import random
 import resource
 import shutil
 import signal
@@ -25,16 +24,15 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Literal
 
 import torch
-import torch.nn.functional as F
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
-from safetensors.torch import load_file, load_model, save_file, save_model
 
-from tuneloop import models
+from tuneloop import checkpoint, models
 from tuneloop.config import RunConfig, load_config, save_config
 from tuneloop.encode import IGNORE, Encoded, collate, encode_rows, epoch_batches, eval_batches
 from tuneloop.errors import TuneloopError
+from tuneloop.losses import core, loss_sum
 
 console = Console(stderr=True)
 OnValidate = Callable[[int, float], None]
@@ -83,6 +81,7 @@ class _State:
     tokens_seen: int = 0  # real (non-padding) tokens
     loss_tokens: int = 0
     train_seconds: float = 0.0  # time inside optimizer steps only
+    train_cpu_seconds: float = 0.0  # process CPU time inside optimizer steps (all threads)
     best_val_loss: float = math.inf
     best_step: int = -1
     bad_evals: int = 0  # validations since the last improvement
@@ -199,7 +198,7 @@ def _add_lora(model: torch.nn.Module, cfg: RunConfig, kind: str) -> torch.nn.Mod
 def _attention(device: torch.device, max_length: int) -> str:
     # On CPU, sdpa's flash-attention backward took a quarter of a short-sequence step; plain
     # matmul attention is faster there while its (batch x heads x length^2) scores stay small.
-    return "eager" if device.type == "cpu" and max_length <= 512 else "sdpa"
+    return "eager" if device.type == "cpu" and max_length <= 128 else "sdpa"
 
 
 def _build_model(cfg: RunConfig, base_path: Path | str, kind: str, labels: list[str] | None, tokenizer: Any,
@@ -235,43 +234,6 @@ def _fp32_trainable(model: torch.nn.Module, keep_input_dtype: bool) -> None:
         for m in model.modules():
             if isinstance(m, BaseTunerLayer):
                 m.cast_input_dtype_enabled = False
-
-
-def _core(model: torch.nn.Module) -> torch.nn.Module:
-    """The transformers model inside a peft wrapper (LoRA layers are injected in place)."""
-    return model.get_base_model() if hasattr(model, "get_base_model") else model
-
-
-def loss_sum(model: torch.nn.Module, batch: dict[str, torch.Tensor], kind: str) -> torch.Tensor:
-    """Summed cross-entropy of a micro-batch over the positions that carry loss.
-
-    For a causal LM the decoder runs on all tokens, but the LM head (a 49k-vocabulary matmul that
-    dominates time and memory) runs only on positions whose target is an answer token.
-    """
-    if kind == "head":
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        return F.cross_entropy(logits.float(), batch["labels"], reduction="sum")
-    lm = _core(model)
-    keep = batch["targets"] != IGNORE
-    hidden = _hidden(lm, batch)
-    logits = lm.get_output_embeddings()(hidden[keep]).float()
-    return F.cross_entropy(logits, batch["targets"][keep], reduction="sum")
-
-
-def _hidden(lm: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """The decoder's last hidden states; a shared prefix runs once and its keys/values are reused."""
-    decoder, cache = lm.get_decoder(), None
-    if "prefix_ids" in batch:
-        from transformers import DynamicCache
-
-        cache = DynamicCache(config=lm.config)
-        decoder(input_ids=batch["prefix_ids"], cache=cache, use_cache=True)
-        # Every row attends to the same prefix keys/values; their gradients add up in backward.
-        cache.batch_repeat_interleave(batch["input_ids"].shape[0])
-    return decoder(
-        input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask"), position_ids=batch.get("position_ids"),
-        cache=cache, use_cache=cache is not None,
-    ).last_hidden_state
 
 
 def _n_loss(batch: dict[str, torch.Tensor]) -> int:
@@ -311,78 +273,6 @@ def _mean_loss(model: torch.nn.Module, examples: list[Encoded], batch_size: int,
         n += _n_loss(batch)
     model.train(was_training)
     return total / max(n, 1)
-
-
-# ---------------------------------------------------------------- checkpoints
-
-
-def _atomic_dir(final: Path, write: Callable[[Path], None]) -> None:
-    """Write a folder under a temporary name and rename it: a crash never leaves half a checkpoint."""
-    tmp = final.parent / f".tmp-{final.name}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    write(tmp)
-    shutil.rmtree(final, ignore_errors=True)
-    tmp.rename(final)
-
-
-def _save_weights(model: torch.nn.Module, folder: Path, method: str) -> None:
-    if method == "lora":
-        from peft import get_peft_model_state_dict
-
-        save_file({k: v.contiguous() for k, v in get_peft_model_state_dict(model).items()}, folder / "adapter.safetensors")
-    else:
-        save_model(model, str(folder / "model.safetensors"))  # handles tied weights
-
-
-def _load_weights(model: torch.nn.Module, folder: Path, method: str) -> None:
-    if method == "lora":
-        from peft import set_peft_model_state_dict
-
-        set_peft_model_state_dict(model, load_file(folder / "adapter.safetensors"))
-    else:
-        load_model(model, str(folder / "model.safetensors"))
-
-
-def _save_optimizer(opt: torch.optim.Optimizer, folder: Path) -> None:
-    sd = opt.state_dict()
-    tensors, plain = {}, {}
-    for idx, st in sd["state"].items():
-        for k, v in st.items():
-            if isinstance(v, torch.Tensor):
-                tensors[f"{idx}.{k}"] = v.contiguous()
-            else:
-                plain[f"{idx}.{k}"] = v
-    save_file(tensors, folder / "optimizer.safetensors")
-    (folder / "optimizer.json").write_text(json.dumps({"param_groups": sd["param_groups"], "plain": plain}))
-
-
-def _load_optimizer(opt: torch.optim.Optimizer, folder: Path) -> None:
-    meta = json.loads((folder / "optimizer.json").read_text())
-    state: dict[int, dict[str, Any]] = {}
-    for key, v in [*load_file(folder / "optimizer.safetensors").items(), *meta["plain"].items()]:
-        idx, name = key.split(".", 1)
-        state.setdefault(int(idx), {})[name] = v
-    opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
-
-
-def _rng_state() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    tensors = {"torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        tensors |= {f"cuda{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())}
-    return tensors, {"python": random.getstate()}
-
-
-def _set_rng_state(tensors: dict[str, torch.Tensor], plain: dict[str, Any]) -> None:
-    torch.set_rng_state(tensors["torch"])
-    if torch.cuda.is_available() and "cuda0" in tensors:
-        torch.cuda.set_rng_state_all([tensors[f"cuda{i}"] for i in range(torch.cuda.device_count())])
-    version, internal, gauss = plain["python"]
-    random.setstate((version, tuple(internal), gauss))
-
-
-def _step_dirs(ckpt: Path, prefix: str) -> list[Path]:
-    return sorted(ckpt.glob(f"{prefix}-[0-9]*"), key=lambda p: int(p.name.rsplit("-", 1)[1]))
 
 
 # ---------------------------------------------------------------- the trainer
@@ -445,7 +335,9 @@ class _Trainer:
             while s.step < self.total_steps and not s.stopped:
                 batches = self._epoch(s.epoch)
                 group = batches[s.batch_in_epoch : s.batch_in_epoch + t.grad_accum]
+                cpu = time.process_time()
                 loss, tokens, seconds = self._step(group)
+                s.train_cpu_seconds += time.process_time() - cpu
                 s.step += 1
                 s.batch_in_epoch += len(group)
                 s.tokens_seen += tokens
@@ -494,7 +386,7 @@ class _Trainer:
         self._log({"kind": "val", "step": s.step, "epoch": round(s.epoch + s.batch_in_epoch / self.batches_per_epoch, 4), "loss": val})
         if val < s.best_val_loss:
             s.best_val_loss, s.best_step, s.bad_evals = val, s.step, 0
-            _atomic_dir(self.ckpt_dir / f"best-{s.step:06d}", lambda d: _save_weights(self.model, d, t.method))
+            checkpoint.atomic_dir(self.ckpt_dir / f"best-{s.step:06d}", lambda d: checkpoint.save_weights(self.model, d, t.method))
         else:
             s.bad_evals += 1
             if t.patience and s.bad_evals >= t.patience:
@@ -504,40 +396,27 @@ class _Trainer:
 
     def _checkpoint(self) -> None:
         s = self.state
-
-        def write(d: Path) -> None:
-            _save_weights(self.model, d, self.cfg.train.method)
-            _save_optimizer(self.optimizer, d)
-            tensors, plain = _rng_state()
-            save_file(tensors, d / "rng.safetensors")
-            state = {"progress": asdict(s), "scheduler": self.scheduler.state_dict(), "rng": plain}
-            (d / "state.json").write_text(json.dumps(state))
-
-        _atomic_dir(self.ckpt_dir / f"step-{s.step:06d}", write)
-        for old in _step_dirs(self.ckpt_dir, "step")[: -self.cfg.train.keep_last]:
+        checkpoint.save(self.ckpt_dir / f"step-{s.step:06d}", self.model, self.optimizer, self.scheduler, asdict(s),
+                        self.cfg.train.method)
+        for old in checkpoint.step_dirs(self.ckpt_dir, "step")[: -self.cfg.train.keep_last]:
             shutil.rmtree(old)
         # Older best weights go only now: until this checkpoint, the previous one still points at them.
-        for old in _step_dirs(self.ckpt_dir, "best"):
+        for old in checkpoint.step_dirs(self.ckpt_dir, "best"):
             if old.name != f"best-{s.best_step:06d}":
                 shutil.rmtree(old)
 
     def restore(self) -> bool:
         """Continue from the last complete checkpoint, if there is one (False: start from scratch)."""
-        steps = _step_dirs(self.ckpt_dir, "step")
+        steps = checkpoint.step_dirs(self.ckpt_dir, "step")
         if not steps:
             return False
-        d = steps[-1]
-        saved = json.loads((d / "state.json").read_text())
-        _load_weights(self.model, d, self.cfg.train.method)
-        _load_optimizer(self.optimizer, d)
-        self.scheduler.load_state_dict(saved["scheduler"])
-        self.state = _State(**saved["progress"])
+        progress = checkpoint.load(steps[-1], self.model, self.optimizer, self.scheduler, self.cfg.train.method)
+        self.state = _State(**progress)
         if self.state.stopped == "interrupted":
             self.state.stopped = ""
-        for stale in _step_dirs(self.ckpt_dir, "best"):  # written after the checkpoint: will be redone
-            if int(stale.name.rsplit("-", 1)[1]) > self.state.step:
+        for stale in checkpoint.step_dirs(self.ckpt_dir, "best"):  # written after the checkpoint: will be redone
+            if checkpoint.step_of(stale) > self.state.step:
                 shutil.rmtree(stale)
-        _set_rng_state(load_file(d / "rng.safetensors"), saved["rng"])
         self._truncate_metrics(self.state.step)
         return True
 
@@ -583,7 +462,7 @@ class _Trainer:
         s, t = self.state, self.cfg.train
         if s.stopped == "interrupted":
             raise TuneloopError(f"interrupted at step {s.step}; checkpoint saved, continue with `tuneloop train --resume {self.run_dir}`")
-        _load_weights(self.model, self.ckpt_dir / f"best-{s.best_step:06d}", t.method)
+        checkpoint.load_weights(self.model, self.ckpt_dir / f"best-{s.best_step:06d}", t.method)
         self._write_model()
         info = {
             "task": self.cfg.task, "kind": self.kind, "method": t.method, "base": str(self.base_path),
@@ -592,8 +471,9 @@ class _Trainer:
             "best_val_loss": s.best_val_loss, "best_step": s.best_step, "train_examples": len(self.train_set),
             "dropped_examples": self.dropped, "tokens_seen": s.tokens_seen, "loss_tokens": s.loss_tokens,
             "tokens_per_s": s.tokens_seen / max(s.train_seconds, 1e-9), "train_seconds": s.train_seconds,
+            "train_cpu_seconds": s.train_cpu_seconds,
             "wall_seconds": wall, "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-            "bf16": self.ex.bf16, "device": str(self.ex.device), "attention": _core(self.model).config._attn_implementation,
+            "bf16": self.ex.bf16, "device": str(self.ex.device), "attention": core(self.model).config._attn_implementation,
         }
         if self.ex.device.type == "cuda":
             info["peak_gpu_mib"] = torch.cuda.max_memory_allocated() / 2**20
@@ -609,7 +489,7 @@ class _Trainer:
             self.tokenizer.save_pretrained(d)
             (d / META).write_text(json.dumps(meta, indent=1))
 
-        _atomic_dir(self.run_dir / "model", write)
+        checkpoint.atomic_dir(self.run_dir / "model", write)
 
 
 def _result(run_dir: Path, info: dict[str, Any]) -> TrainResult:
@@ -711,7 +591,7 @@ def export(run_dir: Path, out: Path | None = None, merge: bool = True) -> Path:
     out = Path(out) if out else run_dir / ("merged" if merge else "adapter")
     folder = run_dir / "model"
     if not merge or meta["method"] == "full":
-        _atomic_dir(out, lambda d: shutil.copytree(folder, d, dirs_exist_ok=True))
+        checkpoint.atomic_dir(out, lambda d: shutil.copytree(folder, d, dirs_exist_ok=True))
         return out
     model = _merged(run_dir, meta, cfg)
     tok = models.load_tokenizer(folder)
@@ -720,7 +600,7 @@ def export(run_dir: Path, out: Path | None = None, merge: bool = True) -> Path:
         model.save_pretrained(d)
         tok.save_pretrained(d)
 
-    _atomic_dir(out, write)
+    checkpoint.atomic_dir(out, write)
     return out
 
 

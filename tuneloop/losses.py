@@ -1,0 +1,112 @@
+"""The training loss: cross-entropy on the positions that carry loss, without whole-vocabulary logits.
+
+For a causal LM the decoder runs on every token, but the LM head (for SmolLM2 a 49k-vocabulary
+matmul whose fp32 logits are ~1 GB for 8 x 256 tokens) runs only on answer positions, in chunks,
+and computes its gradient on the spot: the logits never exist whole and are never stored.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from tuneloop.encode import IGNORE
+
+# Positions per LM-head chunk: 512 x 49k fp32 logits are ~100 MB.
+CHUNK = 512
+
+
+def core(model: torch.nn.Module) -> torch.nn.Module:
+    """The transformers model inside a peft wrapper (LoRA layers are injected in place)."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def loss_sum(model: torch.nn.Module, batch: dict[str, torch.Tensor], kind: str) -> torch.Tensor:
+    """Summed cross-entropy of a micro-batch (from `encode.collate`) over the positions that carry loss.
+
+    Args:
+        model: A causal LM or sequence classifier, bare or wrapped by peft.
+        batch: `input_ids` plus `targets` (LM; may hold a shared `prefix_ids`) or `labels` (head).
+        kind: `lm` or `head`.
+
+    Returns:
+        A scalar: the sum over loss tokens (LM) or examples (head); divide by their count for a mean.
+    """
+    if kind == "head":
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        return F.cross_entropy(logits.float(), batch["labels"], reduction="sum")
+    lm = core(model)
+    keep = batch["targets"] != IGNORE
+    hidden = decoder_hidden(lm, batch)[keep]
+    head = lm.get_output_embeddings()
+    if head.bias is not None:  # no fused path for a biased head (rare in LMs)
+        return F.cross_entropy(head(hidden).float(), batch["targets"][keep], reduction="sum")
+    return linear_cross_entropy(hidden, head.weight, batch["targets"][keep])
+
+
+def decoder_hidden(lm: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The decoder's last hidden states; a shared prefix runs once and its keys/values are reused."""
+    decoder, cache = lm.get_decoder(), None
+    if "prefix_ids" in batch:
+        from transformers import DynamicCache
+
+        cache = DynamicCache(config=lm.config)
+        decoder(input_ids=batch["prefix_ids"], cache=cache, use_cache=True)
+        # Every row attends to the same prefix keys/values; their gradients add up in backward.
+        cache.batch_repeat_interleave(batch["input_ids"].shape[0])
+    return decoder(
+        input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask"), position_ids=batch.get("position_ids"),
+        cache=cache, use_cache=cache is not None,
+    ).last_hidden_state
+
+
+class _LinearCrossEntropy(torch.autograd.Function):
+    """sum(cross_entropy(hidden @ weight.T, targets)), chunk by chunk, gradients computed in forward."""
+
+    @staticmethod
+    def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:  # noqa: ANN001
+        need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        w = weight.to(dtype)
+        loss = torch.zeros((), dtype=torch.float32, device=hidden.device)
+        grad_h = torch.empty_like(hidden) if need_h else None
+        grad_w = torch.zeros_like(weight, dtype=torch.float32) if need_w else None
+        for i in range(0, hidden.shape[0], CHUNK):
+            h, t = hidden[i : i + CHUNK].to(dtype), targets[i : i + CHUNK]
+            logits = (h @ w.T).float()
+            lse = torch.logsumexp(logits, dim=-1)
+            loss += (lse - logits.gather(1, t[:, None]).squeeze(1)).sum()
+            if need_h or need_w:
+                # d(loss)/d(logits) = softmax - one_hot, computed in place over the logits.
+                g = logits.sub_(lse[:, None]).exp_()
+                g[torch.arange(len(t), device=t.device), t] -= 1.0
+                g = g.to(dtype)
+                if need_h:
+                    grad_h[i : i + CHUNK] = g @ w
+                if need_w:
+                    grad_w += (g.T @ h).float()
+        ctx.save_for_backward(*(x for x in (grad_h, grad_w) if x is not None))
+        ctx.need, ctx.weight_dtype = (need_h, need_w), weight.dtype
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor):  # noqa: ANN001, ANN205
+        saved = list(ctx.saved_tensors)
+        grad_h = saved.pop(0) * grad_out if ctx.need[0] else None
+        grad_w = (saved.pop(0) * grad_out).to(ctx.weight_dtype) if ctx.need[1] else None
+        return grad_h, grad_w, None, None
+
+
+def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Summed cross-entropy of `hidden @ weight.T` against `targets` without materialising all logits.
+
+    Matmuls run in the autocast dtype when autocast is on (as `nn.Linear` would), the softmax in fp32.
+
+    Example:
+        >>> h, w, t = torch.randn(5, 4), torch.randn(7, 4), torch.tensor([0, 1, 2, 3, 6])
+        >>> bool(torch.isclose(linear_cross_entropy(h, w, t), F.cross_entropy(h @ w.T, t, reduction="sum")))
+        True
+    """
+    device = hidden.device.type
+    dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else hidden.dtype
+    with torch.autocast(device, enabled=False):
+        return _LinearCrossEntropy.apply(hidden, weight, targets, dtype)
