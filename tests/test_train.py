@@ -246,3 +246,21 @@ def test_chunked_lm_head_loss_equals_plain_cross_entropy(monkeypatch: pytest.Mon
     tol = 1e-5 if dtype == torch.float32 else 2e-2
     for a, b in zip(grads[0], grads[1]):
         assert torch.allclose(a, b, rtol=tol, atol=tol)
+
+
+@pytest.mark.integration
+def test_fine_tunes_the_default_model_for_a_few_steps(tmp_path: Path) -> None:
+    data = write_data(tmp_path / "data", "classify", n_train=48, n_val=16)
+    out = tmp_path / "run"
+    result = train.run(load_config(None, {
+        "base": "default", "train.data": data, "train.out": out, "train.max_steps": 6, "train.batch_size": 8,
+        "train.lr": 1e-3, "train.max_length": 64, "train.eval_every": 3, "train.save_every": 3}))
+    assert result.info["base"].endswith(tuple("0123456789abcdef")) and result.info["bf16"] in (True, False)
+    rows = _rows(data)
+    tuned = train.validation_loss(train.load_trained(out), rows)
+    untuned = train.validation_loss(train.load_trained(out, base_only=True), rows)
+    assert tuned < untuned
+    from transformers import AutoModelForCausalLM
+
+    merged = AutoModelForCausalLM.from_pretrained(train.export(out))
+    assert merged.config.vocab_size == 49152
