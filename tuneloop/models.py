@@ -233,7 +233,7 @@ def summary() -> Table:
     """A table of the embedded default models: where they come from, what is cached, size, parameters."""
     table = Table(title=f"tuneloop models (cache: {cache_dir() / 'models'})")
     for col in ("alias", "model", "used for", "source", "cached as", "size", "parameters"):
-        table.add_column(col)
+        table.add_column(col, overflow="fold")  # paths wrap instead of being cut
     rows = [("smollm2", "SmolLM2-135M-Instruct", "generate, classify-as-generate", smollm2_gguf),
             ("minilm", "all-MiniLM-L6-v2", "classify-as-head", minilm_dir)]
     for alias, name, use, locate in rows:
