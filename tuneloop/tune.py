@@ -174,7 +174,7 @@ def _storage(cfg: RunConfig, study_dir: Path) -> optuna.storages.BaseStorage:
         engine_kwargs={"connect_args": {"timeout": 60}} if url.startswith("sqlite") else None,
         heartbeat_interval=HEARTBEAT_S,
         grace_period=GRACE_S,
-        failed_trial_callback=optuna.storages.RetryFailedTrialCallback(max_retry=1),
+        heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1),
     )
 
 
@@ -186,9 +186,9 @@ def _objective_name(cfg: RunConfig) -> str:
 
 def _val_macro_f1(run_dir: Path) -> float:
     """Macro-F1 of the trained run on the validation split (never the test split)."""
-    from tuneloop import evaluate
+    from tuneloop.evaluate.stage import validation_macro_f1
 
-    return evaluate.validation_macro_f1(run_dir)
+    return validation_macro_f1(run_dir)
 
 
 def _make_objective(cfg: RunConfig, space: dict[str, ParamRange | list[Any]], study_dir: Path, objective: str):
@@ -243,6 +243,9 @@ def run(cfg: RunConfig) -> TuneResult:
         raise TuneloopError(f"train.data ({cfg.train.data}) has no train.jsonl: run `tuneloop prepare` first")
     if cfg.tune.trials is None and cfg.tune.timeout is None:
         raise TuneloopError("tune needs a budget: set tune.trials and/or tune.timeout")
+    manifest = Path(cfg.train.data) / "manifest.json"
+    if manifest.is_file():  # the prepared data knows its task; the objective depends on it
+        cfg = cfg.model_copy(update={"task": json.loads(manifest.read_text()).get("task", cfg.task)})
     space = cfg.tune.space or default_space(cfg)
     _check_space(cfg, space)
     study_dir = Path(cfg.tune.out)

@@ -21,6 +21,7 @@ from tuneloop.config import RunConfig, load_config
 from tuneloop.errors import TuneloopError
 from tuneloop.evaluate.curves import curve_summary, read_curves
 from tuneloop.evaluate.labels import LabelParser
+from tuneloop.evaluate.metrics import f1_score
 from tuneloop.evaluate.score import Scored, SystemOutput, score
 
 #: Packages whose versions the report records.
@@ -311,3 +312,20 @@ def run(run_dir: Path, config: Path | None = None, overrides: dict[str, Any] | N
     })
     write_outputs(run_dir, scored)
     return EvalResult(run_dir, scored.metrics, write_run_report(run_dir))
+
+
+def validation_macro_f1(run_dir: Path) -> float:
+    """Macro-F1 of a trained classify run on its validation split — what `tuneloop tune` optimises.
+
+    The test split is never looked at here, so a search cannot overfit it. Unparseable answers
+    count as wrong, as in `run`.
+    """
+    from tuneloop.train import load_trained
+
+    loaded = load_trained(run_dir)
+    cfg, labels = loaded.cfg, loaded.labels or []
+    path = Path(cfg.train.data) / "val.jsonl"
+    rows = eval_rows(read_jsonl(path), "classify", path)
+    out = predict_system(loaded, rows, cfg, labels, LabelParser(labels, cfg.eval.synonyms), "validation")
+    preds = ["" if p is None else p for p in out.labels or []]
+    return float(f1_score([r["label"] for r in rows], preds, labels=labels, average="macro"))
