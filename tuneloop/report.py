@@ -377,6 +377,14 @@ def _environment_section(m: dict[str, Any]) -> str:
     return section("Environment", env + "<h3>Data hashes (sha256)</h3>" + table(["used by", "file", "sha256"], hashes), "environment")
 
 
+def _fairness_section(run_dir: Path) -> list[str]:
+    # Present once `tuneloop fairness RUN` has audited the run; imported late to keep this module light.
+    from tuneloop.fairness.report import report_section
+
+    html_section = report_section(run_dir)
+    return [html_section] if html_section else []
+
+
 def render_run_report(run_dir: Path, metrics: dict[str, Any], fixed_broken: dict[str, list[dict[str, Any]]]) -> str:
     """The run report as one self-contained HTML document (sections in `RUN_SECTIONS` order).
 
@@ -396,6 +404,7 @@ def render_run_report(run_dir: Path, metrics: dict[str, Any], fixed_broken: dict
             _confusion_section(metrics),
             _per_class_section(metrics),
             _examples_section(metrics, fixed_broken),
+            *_fairness_section(run_dir),
             section("Run config", f'<pre style="columns:3">{esc(config)}</pre>', "config"),
             _environment_section(metrics),
         ],

@@ -223,4 +223,8 @@ def run(run_dir: Path, config: Path | None = None, overrides: dict[str, Any] | N
     warnings = [w for g in audits["tuned"]["groups"].values() for w in g["warnings"]]
     result = FairnessResult(run_dir, audits, checks, warnings, notes)
     write_outputs(result, cfg, test_file)
+    if (run_dir / "eval" / "metrics.json").is_file():  # put the audit into the run's report too
+        from tuneloop.report import write_run_report
+
+        write_run_report(run_dir)
     return result
