@@ -224,7 +224,7 @@ def main() -> None:
     except TuneloopError as e:
         if _debug:
             raise
-        err_console.print(f"[bold red]error:[/] {e}", highlight=False)
+        err_console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
         sys.exit(1)
 
 
