@@ -164,22 +164,6 @@ def _reference(path: Path) -> dict[str, Any]:
     return json.loads(res.read_text(encoding="utf-8"))["audits"]["tuned"]
 
 
-def _test_rows(run_dir: Path, cfg: RunConfig) -> tuple[list[dict[str, Any]], list[str] | None, Path]:
-    from tuneloop.evaluate.stage import eval_rows, read_jsonl
-
-    data_dir = cfg.train.data
-    test_file = cfg.fairness.data or (data_dir / "test.jsonl" if data_dir else None)
-    if test_file is None:
-        raise TuneloopError(f"{run_dir}/config.yaml names no data folder (train.data); pass --data TEST.jsonl")
-    rows = eval_rows(read_jsonl(test_file), cfg.task, test_file)[: cfg.fairness.max_examples]
-    if not rows:
-        raise TuneloopError(f"{test_file} has no examples to audit")
-    manifest = data_dir / "manifest.json" if data_dir else None
-    known = list(json.loads(manifest.read_text()).get("labels") or []) if manifest and manifest.is_file() else []
-    labels = None if cfg.task == "generate" and not known else known + sorted({r["label"] for r in rows} - set(known))
-    return rows, labels, test_file
-
-
 def run(run_dir: Path, config: Path | None = None, overrides: dict[str, Any] | None = None) -> FairnessResult:
     """Audit a trained run for bias and gate it on `fairness.thresholds`; write `RUN/fairness/`.
 
@@ -194,14 +178,15 @@ def run(run_dir: Path, config: Path | None = None, overrides: dict[str, Any] | N
     Raises:
         TuneloopError: bad run folder, data, attribute, term file or config (the message says which).
     """
-    from tuneloop.evaluate.stage import load_run_config
+    from tuneloop.evaluate.stage import load_run_config, load_test_set
     from tuneloop.fairness.report import write_outputs
     from tuneloop.train import load_trained
 
     run_dir = Path(run_dir)
     cfg = load_run_config(run_dir, config, overrides or {})
     f = cfg.fairness
-    rows, labels, test_file = _test_rows(run_dir, cfg)
+    test = load_test_set(run_dir, cfg, f.data, f.max_examples)  # the same rows and labels `tuneloop eval` scores
+    rows, labels, test_file = test.rows, test.labels, test.file
     axes = load_terms(f.terms, f.axes)
     cols = group_columns([r["row"] for r in rows], [r["input"] for r in rows], f, axes, test_file)
     notes = [] if labels is not None else ["open generation: no labels, so no group metrics; answers compared by ROUGE-L"]
