@@ -79,6 +79,16 @@ class LoraSettings(_Section):
     )
 
 
+class DpoConfig(_Section):
+    """Preference tuning (DPO) on (chosen, rejected) pairs, run after SFT when a `preferences.jsonl` is given."""
+
+    beta: float = Field(0.1, gt=0, description="DPO temperature: how far the policy may move from the reference (the SFT model).")
+    lr: float = Field(5e-5, gt=0, lt=1, description="Peak learning rate of the DPO phase.")
+    epochs: float = Field(1.0, gt=0, description="Passes over the preference pairs.")
+    batch_size: int = Field(4, gt=0, description="Pairs per micro-batch.")
+    max_length: int | None = Field(None, ge=8, description="Truncate prompt + answer to this many tokens (default: train.max_length).")
+
+
 class TrainConfig(_Section):
     """How the base model is fine-tuned (`tuneloop train`)."""
 
@@ -115,6 +125,8 @@ class TrainConfig(_Section):
     max_eval_examples: int | None = Field(None, gt=0, description="Validate on at most this many examples.")
     system_prompt: str | None = Field(None, description="System message for classify-as-generate prompts.")
     threads: int | None = Field(None, gt=0, description="torch threads (default: all cores).")
+    nproc: int = Field(1, gt=0, description="Data-parallel processes on this machine (DDP; gloo on CPU, NCCL on GPUs); the global batch is batch_size x grad_accum x nproc.")
+    dpo: DpoConfig = Field(default_factory=lambda: DpoConfig())
 
 
 class EvalConfig(_Section):
@@ -219,6 +231,28 @@ class FairnessConfig(_Section):
     thresholds: FairnessThresholds = Field(default_factory=FairnessThresholds)
 
 
+class FeedbackConfig(_Section):
+    """Where served responses and user feedback are stored, and how feedback becomes training data."""
+
+    db: Path = Field(Path("runs/feedback.db"), description="SQLite feedback store (WAL) the server writes and `feedback export` reads.")
+    include_positive: bool = Field(True, description="Also turn well-rated responses (score >= positive_score) into training examples.")
+    positive_score: float = Field(0.75, ge=0, le=1, description="Normalised rating (thumbs up = 1, 5 stars = 1, 1 star = 0) from which a response counts as good.")
+    negative_score: float = Field(0.25, ge=0, le=1, description="Normalised rating up to which a response counts as bad.")
+
+
+class LoopConfig(_Section):
+    """`tuneloop loop`: feedback -> prepare -> train -> eval -> fairness -> gate -> promote."""
+
+    registry: str | None = Field(None, description="Registry URL (SQLAlchemy; default: $TUNELOOP_REGISTRY or sqlite:///runs/registry.db).")
+    out: Path = Field(Path("runs/loop"), description="Folder for each round's data/ and candidate run.")
+    metric: Literal["auto", "macro_f1", "accuracy", "loss", "token_f1", "rouge_l", "exact_match"] = Field(
+        "auto", description="Metric the candidate must improve on the frozen test set (auto: macro_f1 for classify, loss for generate)."
+    )
+    margin: float = Field(0.0, ge=0, description="The candidate must beat the promoted model by more than this (absolute).")
+    alpha: float | None = Field(0.05, gt=0, lt=1, description="Classify: McNemar p-value the improvement must reach (None: not required).")
+    require_fairness: bool = Field(True, description="Run the fairness audit against the promoted model and refuse a candidate that fails it.")
+
+
 class RunConfig(_Section):
     """A whole run: shared fields plus one section per stage."""
 
@@ -231,6 +265,8 @@ class RunConfig(_Section):
     eval: EvalConfig = Field(default_factory=EvalConfig)
     tune: TuneConfig = Field(default_factory=TuneConfig)
     fairness: FairnessConfig = Field(default_factory=FairnessConfig)
+    feedback: FeedbackConfig = Field(default_factory=FeedbackConfig)
+    loop: LoopConfig = Field(default_factory=LoopConfig)
 
 
 def format_validation_error(err: ValidationError) -> str:
