@@ -1,0 +1,261 @@
+"""The model registry: which runs exist, what they scored, and which one is served.
+
+A run is registered as a `candidate` with its config, data hash, test metrics and fairness
+result; `promote` makes it the one `tuneloop serve --model promoted` serves (the previous one is
+retired), `rollback` re-promotes the model that was served before. Every change is an event with
+its reason and evidence, so "why is this model live?" always has an answer.
+
+Storage is any SQLAlchemy URL: SQLite by default (one file, no server), PostgreSQL across
+machines (`postgresql+psycopg://user@host/db`). Promotion runs in one transaction, so two
+processes promoting at once still leave exactly one promoted model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+import yaml
+
+from tuneloop.errors import TuneloopError
+
+STATUSES = ("candidate", "promoted", "retired")
+
+
+def default_url() -> str:
+    """`$TUNELOOP_REGISTRY`, else a SQLite file `runs/registry.db` under the current folder."""
+    return os.environ.get("TUNELOOP_REGISTRY") or "sqlite:///runs/registry.db"
+
+
+_meta = sa.MetaData()
+_models = sa.Table(
+    "models", _meta,
+    sa.Column("name", sa.String(200), primary_key=True),
+    sa.Column("path", sa.Text, nullable=False),
+    sa.Column("task", sa.String(20), nullable=False),
+    sa.Column("base", sa.Text, nullable=False),
+    sa.Column("status", sa.String(20), nullable=False, index=True),
+    sa.Column("data_hash", sa.String(64), nullable=False),
+    sa.Column("config", sa.JSON, nullable=False),
+    sa.Column("metrics", sa.JSON, nullable=False),
+    sa.Column("fairness", sa.JSON, nullable=False),
+    sa.Column("created_at", sa.String(32), nullable=False),
+    sa.Column("promoted_at", sa.String(32)),
+    # At most one promoted model, enforced by the database even if two processes promote at once.
+    sa.Index("one_promoted", "status", unique=True, sqlite_where=sa.text("status = 'promoted'"),
+             postgresql_where=sa.text("status = 'promoted'")),
+)
+_events = sa.Table(
+    "events", _meta,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("at", sa.String(32), nullable=False),
+    sa.Column("action", sa.String(20), nullable=False),
+    sa.Column("name", sa.String(200), nullable=False),
+    sa.Column("previous", sa.String(200)),
+    sa.Column("reason", sa.Text, nullable=False),
+    sa.Column("evidence", sa.JSON, nullable=False),
+)
+
+
+@dataclass
+class ModelRecord:
+    """One registered run."""
+
+    name: str
+    path: Path
+    task: str
+    base: str
+    status: str
+    data_hash: str
+    config: dict[str, Any]
+    metrics: dict[str, Any]
+    fairness: dict[str, Any]
+    created_at: str
+    promoted_at: str | None
+
+    def headline(self) -> dict[str, Any]:
+        """The few numbers a listing shows: tuned accuracy/macro-F1 (classify) or loss, fairness verdict."""
+        tuned = (self.metrics.get("systems") or {}).get("tuned") or {}
+        cls = tuned.get("classification") or {}
+        out = {"accuracy": cls.get("accuracy"), "macro_f1": cls.get("macro_f1"), "loss": tuned.get("loss")}
+        out["fair"] = self.fairness.get("passed") if self.fairness else None
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict (path as a string)."""
+        return {**asdict(self), "path": str(self.path)}
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+
+
+def data_hash(data_dir: Path | None) -> str:
+    """SHA-256 over a prepared folder's train/val/test files (what the model learned from and was scored on)."""
+    h = hashlib.sha256()
+    for split in ("train", "val", "test"):
+        f = Path(data_dir) / f"{split}.jsonl" if data_dir else None
+        h.update(split.encode())
+        if f is not None and f.is_file():
+            with f.open("rb") as fh:
+                for block in iter(lambda: fh.read(1 << 20), b""):
+                    h.update(block)
+    return h.hexdigest()
+
+
+def _record(row: Any) -> ModelRecord:
+    d = dict(row._mapping)
+    return ModelRecord(**{**d, "path": Path(d["path"])})
+
+
+class Registry:
+    """Runs, their metrics and status, and the promotion history, in a SQL database."""
+
+    def __init__(self, url: str | None = None) -> None:
+        """Open (and create, if new) the registry at `url` (default: `default_url()`)."""
+        self.url = url or default_url()
+        if self.url.startswith("sqlite:///") and self.url != "sqlite:///:memory:":
+            Path(self.url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.engine = sa.create_engine(self.url, future=True)
+            if self.engine.dialect.name == "sqlite":
+                # WAL lets the server read while a loop writes; a busy timeout instead of "database is locked".
+                sa.event.listen(self.engine, "connect", _sqlite_pragmas)
+                sa.event.listen(self.engine, "begin", _sqlite_begin)
+            _meta.create_all(self.engine)
+        except (sa.exc.ArgumentError, sa.exc.OperationalError, ModuleNotFoundError) as e:
+            raise TuneloopError(f"cannot open the registry {self.url!r}: {e}") from None
+
+    def register(self, run_dir: Path, name: str | None = None) -> ModelRecord:
+        """Record a trained run as a candidate, or refresh its metrics/fairness if it is known.
+
+        Args:
+            run_dir: Folder written by `tuneloop train` (evaluated or not).
+            name: Registry name (default: the folder's name; must be unique).
+        """
+        run_dir = Path(run_dir).resolve()
+        cfg_path = run_dir / "config.yaml"
+        if not (run_dir / "model").is_dir() or not cfg_path.is_file():
+            raise TuneloopError(f"{run_dir} is not a finished run (no model/ or config.yaml); train it first")
+        cfg = yaml.safe_load(cfg_path.read_text(encoding="utf-8")) or {}
+        name = name or run_dir.name
+        data_dir = (cfg.get("train") or {}).get("data")
+        values = {
+            "path": str(run_dir), "task": cfg.get("task", "generate"), "base": str(cfg.get("base", "")),
+            "data_hash": data_hash(Path(data_dir) if data_dir else None), "config": cfg,
+            "metrics": _read_json(run_dir / "eval" / "metrics.json"),
+            "fairness": _read_json(run_dir / "fairness" / "result.json"),
+        }
+        with self.engine.begin() as c:
+            old = c.execute(sa.select(_models.c.path).where(_models.c.name == name)).first()
+            if old is not None and Path(old.path) != run_dir:
+                raise TuneloopError(f"a model named {name!r} is already registered from {old.path}; pass another name")
+            if old is None:
+                c.execute(_models.insert().values(name=name, status="candidate", created_at=_now(), promoted_at=None, **values))
+                self._event(c, "register", name, None, "registered", {})
+            else:
+                c.execute(_models.update().where(_models.c.name == name).values(**values))
+        return self.get(name)
+
+    def get(self, name: str) -> ModelRecord:
+        """The record named `name`; a TuneloopError listing the known names if there is none."""
+        with self.engine.connect() as c:
+            row = c.execute(sa.select(_models).where(_models.c.name == name)).first()
+            if row is None:
+                raise self._unknown(c, name)
+        return _record(row)
+
+    def _unknown(self, c: sa.Connection, name: str) -> TuneloopError:
+        known = [r.name for r in c.execute(sa.select(_models.c.name).order_by(_models.c.created_at))]
+        return TuneloopError(f"no model named {name!r} in the registry {self.url} (known: {', '.join(known) or 'none'})")
+
+    def list(self) -> list[ModelRecord]:
+        """All records, oldest first."""
+        with self.engine.connect() as c:
+            return [_record(r) for r in c.execute(sa.select(_models).order_by(_models.c.created_at, _models.c.name))]
+
+    def find_by_path(self, run_dir: Path) -> ModelRecord | None:
+        """The record registered from `run_dir`, if any."""
+        with self.engine.connect() as c:
+            row = c.execute(sa.select(_models).where(_models.c.path == str(Path(run_dir).resolve()))).first()
+        return None if row is None else _record(row)
+
+    def promoted(self) -> ModelRecord | None:
+        """The model being served, or None before the first promotion."""
+        with self.engine.connect() as c:
+            row = c.execute(sa.select(_models).where(_models.c.status == "promoted")).first()
+        return None if row is None else _record(row)
+
+    def promote(self, name: str, reason: str = "", evidence: dict[str, Any] | None = None) -> ModelRecord:
+        """Make `name` the served model and retire the one served before, in one transaction."""
+        with self.engine.begin() as c:
+            if c.execute(sa.select(_models.c.name).where(_models.c.name == name)).first() is None:
+                raise self._unknown(c, name)
+            prev = c.execute(sa.select(_models.c.name).where(_models.c.status == "promoted")).scalar()
+            if prev is not None and prev != name:
+                c.execute(_models.update().where(_models.c.name == prev).values(status="retired"))
+            if prev != name:
+                c.execute(_models.update().where(_models.c.name == name).values(status="promoted", promoted_at=_now()))
+                self._event(c, "promote", name, prev, reason or "promoted by hand", evidence or {})
+        return self.get(name)
+
+    def rollback(self, reason: str = "") -> ModelRecord:
+        """Re-promote the model that was served before the current one; the current one is retired."""
+        with self.engine.begin() as c:
+            current = c.execute(sa.select(_models.c.name).where(_models.c.status == "promoted")).scalar()
+            if current is None:
+                raise TuneloopError("nothing is promoted, so there is nothing to roll back")
+            # Replay the promotions as a stack: promote pushes, rollback pops; the one below the top was served before.
+            stack: list[str] = []
+            for r in c.execute(sa.select(_events.c.action, _events.c.name).order_by(_events.c.id)):
+                if r.action == "promote":
+                    stack.append(r.name)
+                elif r.action == "rollback" and stack:
+                    stack.pop()
+            previous = stack[-2] if len(stack) >= 2 else None
+            if previous is None:
+                raise TuneloopError(f"{current!r} is the first model ever promoted; there is no earlier one to roll back to")
+            c.execute(_models.update().where(_models.c.name == current).values(status="retired"))
+            c.execute(_models.update().where(_models.c.name == previous).values(status="promoted", promoted_at=_now()))
+            self._event(c, "rollback", previous, current, reason or "rolled back by hand", {})
+        return self.get(previous)
+
+    def history(self) -> list[dict[str, Any]]:
+        """Every registration, promotion and rollback, oldest first."""
+        with self.engine.connect() as c:
+            return [dict(r._mapping) for r in c.execute(sa.select(_events).order_by(_events.c.id))]
+
+    def record_event(self, action: str, name: str, reason: str, evidence: dict[str, Any] | None = None) -> None:
+        """Record a decision that changed no status (e.g. a loop that kept the served model), with its evidence."""
+        with self.engine.begin() as c:
+            self._event(c, action, name, None, reason, evidence or {})
+
+    @staticmethod
+    def _event(c: sa.Connection, action: str, name: str, previous: str | None, reason: str, evidence: dict[str, Any]) -> None:
+        c.execute(_events.insert().values(at=_now(), action=action, name=name, previous=previous, reason=reason,
+                                          evidence=json.loads(json.dumps(evidence, default=str))))
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    # Let SQLAlchemy, not the driver, start transactions (see `_sqlite_begin`).
+    dbapi_conn.isolation_level = None
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA busy_timeout=30000")
+    cur.close()
+
+
+def _sqlite_begin(conn: sa.Connection) -> None:
+    # Take the write lock when a transaction starts, not at its first write: a promotion reads
+    # which model is promoted and then changes it, and another process must not slip in between.
+    conn.exec_driver_sql("BEGIN IMMEDIATE")
