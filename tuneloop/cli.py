@@ -105,6 +105,7 @@ def train(
     patience: Optional[int] = typer.Option(None, help="Early-stopping patience in validations."),
     save_every: Optional[int] = typer.Option(None, help="Checkpoint every N steps."),
     seed: Optional[int] = typer.Option(None, help="Seed for everything."),
+    nproc: Optional[int] = typer.Option(None, help="Data-parallel processes (DDP); global batch = batch_size x grad_accum x nproc."),
     resume: Optional[Path] = typer.Option(None, help="Continue the run in this folder from its last checkpoint."),
 ) -> None:
     """Fine-tune a base model (LoRA or full) with validation, early stopping and checkpoints."""
@@ -120,6 +121,7 @@ def train(
             "train.lora.r": lora_r, "train.lora.alpha": lora_alpha, "train.precision": precision,
             "train.packing": packing, "train.gradient_checkpointing": gradient_checkpointing,
             "train.eval_every": eval_every, "train.patience": patience, "train.save_every": save_every,
+            "train.nproc": nproc,
         })
         result = train_stage.run(cfg)
     console.print(result.summary())
@@ -196,12 +198,90 @@ def tune(
     console.print(tune_stage.run(cfg).summary())
 
 
-@app.command()
-def models() -> None:
+models_app = typer.Typer(no_args_is_help=True, help="Registered models: list, show, promote, roll back; the bundled defaults.")
+app.add_typer(models_app, name="models")
+RegistryOpt = typer.Option(None, "--registry", help="Registry URL (default: $TUNELOOP_REGISTRY or sqlite:///runs/registry.db).")
+
+
+@models_app.command("list")
+def models_list(registry: Optional[str] = RegistryOpt) -> None:
+    """Every registered run with its status and headline metrics."""
+    from rich.table import Table
+
+    from tuneloop.registry import Registry
+
+    t = Table(title=f"models in {Registry(registry).url}")
+    for col in ("name", "status", "task", "accuracy", "macro-F1", "loss", "fair", "created", "path"):
+        t.add_column(col)
+    for r in Registry(registry).list():
+        h = r.headline()
+        t.add_row(r.name, r.status, r.task, *(f"{h[k]:.4f}" if isinstance(h[k], float) else "" for k in ("accuracy", "macro_f1", "loss")),
+                  {True: "yes", False: "NO", None: ""}[h["fair"]], r.created_at, str(r.path))
+    console.print(t)
+
+
+@models_app.command("show")
+def models_show(name: str = typer.Argument(..., help="Registered name."), registry: Optional[str] = RegistryOpt) -> None:
+    """One model's record and the promotion events that concern it, as JSON."""
+    import json
+
+    from tuneloop.registry import Registry
+
+    reg = Registry(registry)
+    rec = reg.get(name).to_dict()
+    rec["events"] = [e for e in reg.history() if name in (e["name"], e["previous"])]
+    console.print_json(json.dumps(rec, default=str))
+
+
+@models_app.command("register")
+def models_register(run: Path = typer.Argument(..., help="Run folder."), name: Optional[str] = typer.Option(None, help="Registry name (default: the folder name)."),
+                    registry: Optional[str] = RegistryOpt) -> None:
+    """Record a trained (and ideally evaluated and audited) run as a candidate."""
+    from tuneloop.registry import Registry
+
+    rec = Registry(registry).register(run, name)
+    console.print(f"registered {rec.name} ({rec.status}) from {rec.path}")
+
+
+@models_app.command("promote")
+def models_promote(name: str = typer.Argument(..., help="Registered name."), reason: str = typer.Option("", help="Why (kept in the history)."),
+                   registry: Optional[str] = RegistryOpt) -> None:
+    """Serve this model from now on (a running `tuneloop serve --model promoted` swaps to it)."""
+    from tuneloop.registry import Registry
+
+    rec = Registry(registry).promote(name, reason)
+    console.print(f"promoted {rec.name}")
+
+
+@models_app.command("rollback")
+def models_rollback(reason: str = typer.Option("", help="Why (kept in the history)."), registry: Optional[str] = RegistryOpt) -> None:
+    """Serve the previously promoted model again."""
+    from tuneloop.registry import Registry
+
+    rec = Registry(registry).rollback(reason)
+    console.print(f"rolled back: {rec.name} is promoted again")
+
+
+@models_app.command("bundled")
+def models_bundled() -> None:
     """List the embedded default models, what is cached, sizes and parameter counts."""
     from tuneloop import models as models_mod
 
     console.print(models_mod.summary())
+
+
+@app.command()
+def loop(
+    config: Path = typer.Option(..., "--config", "-c", help="YAML run config (prepare.inputs, train, loop sections)."),
+    registry: Optional[str] = RegistryOpt,
+    feedback_db: Optional[Path] = typer.Option(None, help="Feedback store the server writes (default: feedback.db in the config)."),
+    out: Optional[Path] = typer.Option(None, help="Folder for the rounds (default: loop.out)."),
+) -> None:
+    """One round: feedback -> prepare -> train -> eval -> fairness -> gate -> promote or keep."""
+    from tuneloop import loop as loop_stage
+
+    cfg = _config(config, {"loop.registry": registry, "feedback.db": feedback_db, "loop.out": out})
+    console.print(loop_stage.run(cfg).summary())
 
 
 @app.command()

@@ -1,0 +1,357 @@
+"""`tuneloop loop`: turn feedback into a candidate model and promote it only if it is better and no less fair.
+
+One round: curate feedback → prepare (original data + feedback, the frozen test set) → train
+(+ DPO on preference pairs) → evaluate on the frozen test set → fairness audit against the
+served model → gate → promote or keep. The decision and its evidence go to the registry, to
+`RUN/gate.json` and into the candidate's report.
+
+A round is identified by a fingerprint of everything that shapes the candidate (config, input
+files, curated feedback, frozen test set), so running the loop again without new feedback finds
+the round already decided and changes nothing; a round killed half-way resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rich.table import Table
+
+from tuneloop.config import RunConfig
+from tuneloop.errors import TuneloopError
+from tuneloop.registry import ModelRecord, Registry
+
+
+@dataclass
+class LoopResult:
+    """What one `tuneloop loop` call did."""
+
+    round_dir: Path
+    decision: dict[str, Any]
+    reused: bool = False  # True: this round had been decided before; nothing was run
+    notes: list[str] = field(default_factory=list)
+
+    def summary(self) -> Table:
+        """The decision and its evidence as a terminal table."""
+        d = self.decision
+        t = Table(title=f"loop round {self.round_dir.name}: {d['decision'].upper()}" + (" (already decided; nothing changed)" if self.reused else ""))
+        t.add_column("")
+        t.add_column("")
+        t.add_row("candidate", str(d.get("candidate")))
+        t.add_row("served before", str(d.get("incumbent")))
+        if d.get("candidate_value") is not None:
+            t.add_row(d["metric"], f"{d['candidate_value']:.4f} vs {_fmt(d.get('incumbent_value'))} (margin {d['margin']})")
+        if d.get("mcnemar"):
+            t.add_row("McNemar p", f"{d['mcnemar']['p_value']:.3g} (alpha {d.get('alpha')})")
+        t.add_row("fairness", "passed" if d.get("fairness_passed", True) else "FAILED: " + "; ".join(d.get("fairness_failures", [])))
+        t.add_row("feedback used", json.dumps(d.get("feedback", {})))
+        for r in d.get("reasons", []):
+            t.add_row("reason", r)
+        return t
+
+
+def _fmt(v: Any) -> str:
+    return "n/a" if v is None else f"{v:.4f}"
+
+
+def _sha(path: Path) -> str:
+    from tuneloop.data.load import sha256_file
+
+    return sha256_file(str(path)) if path.is_file() else ""
+
+
+def _fingerprint(cfg: RunConfig, inputs: list[Path], curated: list[Path], frozen: Path | None) -> str:
+    """Hash of everything that shapes a candidate; the same fingerprint means the same round.
+
+    `frozen` is the user's own test file; a test split the loop froze itself is a function of the
+    inputs and the seed, so it is not hashed again (else the second round would differ from the first).
+    """
+    shaping = cfg.model_dump(mode="json", exclude={"loop": True, "prepare": {"out"}, "train": {"out", "data"}})
+    h = hashlib.sha256(json.dumps(shaping, sort_keys=True).encode())
+    for p in [*inputs, *curated] + ([frozen] if frozen else []):
+        h.update(f"{p.name}:{_sha(p)}".encode())
+    return h.hexdigest()
+
+
+def _inputs(cfg: RunConfig) -> list[Path]:
+    from tuneloop.data.load import expand_inputs
+
+    return [Path(p) for p in expand_inputs(cfg.prepare.inputs)]
+
+
+def _frozen_test(cfg: RunConfig, out: Path, incumbent: ModelRecord | None) -> Path | None:
+    """The test set every round is scored on: the user's test file, else the first round's test split.
+
+    When a model was promoted outside the loop, its own test set becomes the frozen one.
+    """
+    if cfg.prepare.test_file:
+        return Path(cfg.prepare.test_file)
+    frozen = out / "frozen_test.jsonl"
+    if frozen.is_file():
+        return frozen
+    if incumbent is not None:
+        data = (incumbent.config.get("train") or {}).get("data")
+        src = Path(incumbent.metrics.get("test_file") or (Path(data) / "test.jsonl" if data else ""))
+        if src.is_file():
+            out.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(src, frozen)
+            return frozen
+    return None  # first round: prepare samples a test split, which is then frozen
+
+
+def _curate(cfg: RunConfig, rnd: Path, incumbent: ModelRecord | None, frozen: Path | None) -> tuple[list[Path], dict[str, Any]]:
+    """Export the feedback into the folder `rnd`; return the non-empty files and the export's counts."""
+    from tuneloop import feedback
+
+    if not Path(cfg.feedback.db).is_file():
+        return [], {"note": f"no feedback store at {cfg.feedback.db}"}
+    existing = []
+    if incumbent is not None and (data := (incumbent.config.get("train") or {}).get("data")):
+        existing = [p for p in (Path(data) / "train.jsonl", Path(data) / "val.jsonl") if p.is_file()]
+    labels = (incumbent.metrics.get("labels") if incumbent else None) or None
+    feedback.export(Path(cfg.feedback.db), rnd, task=cfg.task, cfg=cfg.feedback, existing=existing,
+                    test_files=[frozen] if frozen else [], labels=labels)
+    report = rnd / "report.json"
+    counts = json.loads(report.read_text(encoding="utf-8")) if report.is_file() else {}
+    files = [p for p in (rnd / "feedback.jsonl", rnd / "preferences.jsonl") if p.is_file() and p.stat().st_size > 0]
+    return files, counts
+
+
+def _prepare(cfg: RunConfig, rnd: Path, sft_feedback: list[Path], frozen: Path | None) -> Path:
+    from tuneloop import data as data_stage
+
+    out = rnd / "data"
+    if (out / "manifest.json").is_file():
+        return out
+    c = cfg.model_copy(deep=True)
+    c.prepare.inputs = [*cfg.prepare.inputs, *map(str, sft_feedback)]
+    c.prepare.test_file = str(frozen) if frozen else None
+    c.prepare.out = out
+    data_stage.run(c)
+    return out
+
+
+def _train(cfg: RunConfig, data: Path, run_dir: Path, pairs: Path | None) -> None:
+    from tuneloop import train as train_stage
+
+    if not (run_dir / "train_summary.json").is_file():
+        if (run_dir / "checkpoints").is_dir():
+            train_stage.resume(run_dir)
+        else:
+            c = cfg.model_copy(deep=True)
+            c.train.data, c.train.out = data, run_dir
+            train_stage.run(c)
+    if pairs is not None and not (run_dir / "dpo_summary.json").is_file():
+        from tuneloop import dpo
+
+        dpo.run(run_dir, pairs)
+
+
+def _evaluate(run_dir: Path, frozen: Path) -> dict[str, Any]:
+    from tuneloop import evaluate
+
+    metrics_path = run_dir / "eval" / "metrics.json"
+    if not _scored_on(metrics_path, frozen):
+        evaluate.run(run_dir, None, {"eval.data": frozen})
+    return json.loads(metrics_path.read_text(encoding="utf-8"))
+
+
+def _scored_on(metrics_path: Path, test: Path) -> bool:
+    """Whether a metrics.json holds scores on exactly this test file's content."""
+    if not metrics_path.is_file():
+        return False
+    m = json.loads(metrics_path.read_text(encoding="utf-8"))
+    return _sha(Path(m.get("test_file", ""))) == _sha(test) and _sha(test) in (m.get("data_hashes") or {}).values()
+
+
+def _incumbent_scores(inc: ModelRecord, frozen: Path, rnd: Path) -> tuple[dict[str, Any], dict[str, bool]]:
+    """The served model's metrics and per-example correctness on the frozen test set.
+
+    Reused from its own evaluation when that was on the same test content; otherwise scored
+    afresh into `rnd/incumbent/` (its run folder is left as it is).
+    """
+    own = inc.path / "eval"
+    if not _scored_on(own / "metrics.json", frozen):
+        own = _score_into(inc.path, frozen, rnd / "incumbent") / "eval"
+    metrics = json.loads((own / "metrics.json").read_text(encoding="utf-8"))
+    return metrics, _correct_by_id(own / "predictions.jsonl")
+
+
+def _score_into(run_dir: Path, test: Path, out: Path) -> Path:
+    from tuneloop.evaluate.labels import LabelParser
+    from tuneloop.evaluate.score import score
+    from tuneloop.evaluate.stage import load_run_config, load_test_set, predict_system, write_outputs
+    from tuneloop.train import load_trained
+
+    if (out / "eval" / "metrics.json").is_file():
+        return out
+    cfg = load_run_config(run_dir, None, {"eval.data": test})
+    t = load_test_set(run_dir, cfg, test, None)
+    parser = LabelParser(t.labels, cfg.eval.synonyms) if t.labels else None
+    system = predict_system(load_trained(run_dir), t.rows, cfg, t.labels, parser, "served model")
+    scored = score(t.rows, {"tuned": system}, task=cfg.task, labels=t.labels, n_boot=0, seed=cfg.seed)
+    scored.metrics.update({"test_file": str(test), "data_hashes": {str(test): _sha(test)}})
+    write_outputs(out, scored)
+    return out
+
+
+def _correct_by_id(predictions: Path) -> dict[str, bool]:
+    rows = (json.loads(line) for line in predictions.read_text(encoding="utf-8").splitlines() if line.strip())
+    return {r["id"]: bool(r["tuned_correct"]) for r in rows}
+
+
+def metric_value(metrics: dict[str, Any], metric: str) -> float | None:
+    """The tuned system's value of `metric` in an eval metrics.json (None if it was not measured)."""
+    tuned = (metrics.get("systems") or {}).get("tuned") or {}
+    if metric in ("macro_f1", "accuracy"):
+        return (tuned.get("classification") or {}).get(metric)
+    if metric == "loss":
+        return tuned.get("loss")
+    return (tuned.get("generation") or {}).get(metric)
+
+
+def _metric(cfg: RunConfig) -> str:
+    if cfg.loop.metric != "auto":
+        return cfg.loop.metric
+    return "macro_f1" if cfg.task == "classify" else "loss"
+
+
+def gate(cfg: RunConfig, cand: dict[str, Any], cand_correct: dict[str, bool], inc: dict[str, Any] | None,
+         inc_correct: dict[str, bool] | None, fairness: dict[str, Any] | None) -> dict[str, Any]:
+    """Decide promote/keep: better by more than the margin, significant (classify), and fair.
+
+    Args:
+        cfg: The loop config (metric, margin, alpha).
+        cand, inc: Candidate's and served model's eval metrics on the frozen test set (inc None: none served).
+        cand_correct, inc_correct: Per-example correctness by example id, for the paired test.
+        fairness: The candidate's fairness result (None: not audited).
+
+    Returns:
+        The decision with its evidence: metric values, delta, McNemar test, fairness verdict, reasons.
+    """
+    from tuneloop.evaluate.stats import mcnemar
+
+    metric = _metric(cfg)
+    lower_better = metric == "loss"
+    d: dict[str, Any] = {"metric": metric, "margin": cfg.loop.margin, "alpha": cfg.loop.alpha,
+                         "candidate_value": metric_value(cand, metric), "reasons": []}
+    if d["candidate_value"] is None:
+        raise TuneloopError(f"loop.metric {metric!r} was not measured for this task ({cfg.task}); choose another metric")
+    ok = True
+    if inc is not None:
+        d["incumbent_value"] = metric_value(inc, metric)
+        if d["incumbent_value"] is None:
+            d["reasons"].append(f"the served model has no {metric} on the frozen test set; compared on fairness only")
+        else:
+            delta = d["candidate_value"] - d["incumbent_value"]
+            d["delta"] = -delta if lower_better else delta
+            if d["delta"] <= cfg.loop.margin:
+                ok = False
+                d["reasons"].append(f"{metric} {'fell' if d['delta'] < 0 else 'did not rise'} by more than the margin "
+                                    f"({d['candidate_value']:.4f} vs {d['incumbent_value']:.4f}, margin {cfg.loop.margin})")
+        ids = sorted(set(cand_correct) & set(inc_correct or {}))
+        if cfg.loop.alpha is not None and cfg.task == "classify" and ids:
+            test = mcnemar([cand_correct[i] for i in ids], [inc_correct[i] for i in ids]).to_dict()  # type: ignore[index]
+            d["mcnemar"] = test
+            if test["p_value"] >= cfg.loop.alpha:
+                ok = False
+                d["reasons"].append(f"the difference is not significant (McNemar p={test['p_value']:.3g} >= alpha {cfg.loop.alpha})")
+    else:
+        d["reasons"].append("no model is served yet: the first candidate that passes fairness is promoted")
+    if fairness is not None:
+        d["fairness_passed"] = bool(fairness.get("passed"))
+        d["fairness_failures"] = list(fairness.get("failures") or [])
+        if not d["fairness_passed"]:
+            ok = False
+            d["reasons"].append("fairness gate failed: " + "; ".join(d["fairness_failures"]))
+    d["decision"] = "promote" if ok else "keep"
+    if ok and inc is not None:
+        d["reasons"].append(f"{metric} improved by {d.get('delta', 0):.4f} and fairness held")
+    return d
+
+
+def _fairness(cfg: RunConfig, run_dir: Path, inc: ModelRecord | None, frozen: Path) -> dict[str, Any] | None:
+    from tuneloop import fairness as fairness_stage
+
+    if not cfg.loop.require_fairness:
+        return None
+    result_path = run_dir / "fairness" / "result.json"
+    if not result_path.is_file():
+        against = None
+        if inc is not None:
+            if not (inc.path / "fairness" / "result.json").is_file():
+                fairness_stage.run(inc.path, None, {"fairness.data": frozen})  # the reference must exist
+            against = inc.path
+        fairness_stage.run(run_dir, None, {"fairness.data": frozen, "fairness.against": against})
+    return json.loads(result_path.read_text(encoding="utf-8"))
+
+
+def run(cfg: RunConfig) -> LoopResult:
+    """Run one round of the feedback loop; see the module docstring.
+
+    Returns:
+        The round folder and the decision (with `reused=True` when nothing new had to be done).
+
+    Raises:
+        TuneloopError: no input data, or any stage's error (the round can be rerun and resumes).
+    """
+    if not cfg.prepare.inputs:
+        raise TuneloopError("loop: prepare.inputs is empty; name the original training data files in the config")
+    reg = Registry(cfg.loop.registry)
+    out = Path(cfg.loop.out)
+    inc = reg.promoted()
+    frozen = _frozen_test(cfg, out, inc)
+    staging = out / "staging"
+    shutil.rmtree(staging, ignore_errors=True)
+    curated, counts = _curate(cfg, staging, inc, frozen)
+    fp = _fingerprint(cfg, _inputs(cfg), curated, Path(cfg.prepare.test_file) if cfg.prepare.test_file else None)
+    rnd = out / f"round-{fp[:12]}"
+    if (rnd / "decision.json").is_file():
+        shutil.rmtree(staging, ignore_errors=True)
+        return LoopResult(rnd, json.loads((rnd / "decision.json").read_text(encoding="utf-8")), reused=True)
+    rnd.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(rnd / "feedback", ignore_errors=True)
+    if staging.exists():
+        staging.rename(rnd / "feedback")
+    sft = [p for p in curated if p.name == "feedback.jsonl"]
+    pairs = [p for p in curated if p.name == "preferences.jsonl"]
+    data = _prepare(cfg, rnd, [rnd / "feedback" / p.name for p in sft], frozen)
+    if frozen is None:  # first round: its test split is frozen for every later round
+        frozen = out / "frozen_test.jsonl"
+        shutil.copyfile(data / "test.jsonl", frozen)
+    run_dir = rnd / "run"
+    _train(cfg, data, run_dir, rnd / "feedback" / pairs[0].name if pairs else None)
+    cand = _evaluate(run_dir, frozen)
+    fairness = _fairness(cfg, run_dir, inc, frozen)
+    inc_metrics, inc_correct = _incumbent_scores(inc, frozen, rnd) if inc is not None else (None, None)
+    decision = gate(cfg, cand, _correct_by_id(run_dir / "eval" / "predictions.jsonl"), inc_metrics, inc_correct, fairness)
+    name = f"{out.name}-{fp[:12]}"
+    decision.update({"candidate": name, "incumbent": inc.name if inc else None, "fingerprint": fp,
+                     "frozen_test": str(frozen), "feedback": counts})
+    _record(reg, run_dir, name, decision)
+    _write_json(run_dir / "gate.json", decision)
+    _write_json(rnd / "decision.json", decision)  # last: its presence marks the round as decided
+    return LoopResult(rnd, decision)
+
+
+def _record(reg: Registry, run_dir: Path, name: str, decision: dict[str, Any]) -> None:
+    from tuneloop.report import write_run_report
+
+    reg.register(run_dir, name)
+    reason = "; ".join(decision["reasons"])
+    if decision["decision"] == "promote":
+        reg.promote(name, reason, decision)
+    else:
+        reg.record_event("keep", name, reason, decision)
+    _write_json(run_dir / "gate.json", decision)
+    write_run_report(run_dir)
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    from tuneloop.report import write
+
+    write(path, json.dumps(obj, indent=2, ensure_ascii=False, default=str) + "\n")
