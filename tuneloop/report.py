@@ -385,6 +385,24 @@ def _fairness_section(run_dir: Path) -> list[str]:
     return [html_section] if html_section else []
 
 
+def _decision_section(run_dir: Path) -> list[str]:
+    # Present when `tuneloop loop` gated this run against the served model (RUN/gate.json).
+    path = run_dir / "gate.json"
+    if not path.is_file():
+        return []
+    d = json.loads(path.read_text(encoding="utf-8"))
+    rows = [["decision", d["decision"].upper()], ["candidate", d.get("candidate")], ["served before", d.get("incumbent") or "none"],
+            [f"{d['metric']} (candidate)", _fmt(d.get("candidate_value"))], [f"{d['metric']} (served)", _fmt(d.get("incumbent_value"))],
+            ["required margin", d.get("margin")]]
+    if d.get("mcnemar"):
+        rows.append(["McNemar p (paired, same test rows)", f"{d['mcnemar']['p_value']:.3g} (alpha {d.get('alpha')})"])
+    if "fairness_passed" in d:
+        rows.append(["fairness gate", "passed" if d["fairness_passed"] else "FAILED: " + "; ".join(d["fairness_failures"])])
+    rows += [["feedback used", json.dumps(d.get("feedback", {}))], ["frozen test set", d.get("frozen_test")]]
+    rows += [["reason", r] for r in d.get("reasons", [])]
+    return [section("Promotion decision", table(["", ""], rows), "decision")]
+
+
 def render_run_report(run_dir: Path, metrics: dict[str, Any], fixed_broken: dict[str, list[dict[str, Any]]]) -> str:
     """The run report as one self-contained HTML document (sections in `RUN_SECTIONS` order).
 
@@ -398,6 +416,7 @@ def render_run_report(run_dir: Path, metrics: dict[str, Any], fixed_broken: dict
         f"tuneloop run report — {run_dir.name}",
         [
             _summary_section(metrics),
+            *_decision_section(run_dir),
             _data_section(metrics.get("manifest", {})),
             _training_section(run_dir, metrics),
             _metrics_section(metrics),
