@@ -22,7 +22,7 @@ def _run(root: Path, name: str, f1: float) -> Path:
     data.mkdir(exist_ok=True)
     (data / "train.jsonl").write_text('{"text": "a", "label": "x"}\n')
     (run / "config.yaml").write_text(yaml.safe_dump({"task": "classify", "base": "default", "train": {"data": str(data)}}))
-    metrics = {"systems": {"tuned": {"classification": {"accuracy": f1 + 0.05, "macro_f1": f1}, "loss": 0.3}}}
+    metrics = {"systems": {"tuned": {"classification": {"accuracy": f1 + 0.05, "macro": {"f1": f1}}, "loss": 0.3}}}
     (run / "eval" / "metrics.json").write_text(json.dumps(metrics))
     return run
 

@@ -46,7 +46,7 @@ class LoopResult:
         if d.get("candidate_value") is not None:
             t.add_row(d["metric"], f"{d['candidate_value']:.4f} vs {_fmt(d.get('incumbent_value'))} (margin {d['margin']})")
         if d.get("mcnemar"):
-            t.add_row("McNemar p", f"{d['mcnemar']['p_value']:.3g} (alpha {d.get('alpha')})")
+            t.add_row("McNemar p", f"{d['mcnemar']['pvalue']:.3g} (alpha {d.get('alpha')})")
         t.add_row("fairness", "passed" if d.get("fairness_passed", True) else "FAILED: " + "; ".join(d.get("fairness_failures", [])))
         t.add_row("feedback used", json.dumps(d.get("feedback", {})))
         for r in d.get("reasons", []):
@@ -207,8 +207,11 @@ def _correct_by_id(predictions: Path) -> dict[str, bool]:
 def metric_value(metrics: dict[str, Any], metric: str) -> float | None:
     """The tuned system's value of `metric` in an eval metrics.json (None if it was not measured)."""
     tuned = (metrics.get("systems") or {}).get("tuned") or {}
-    if metric in ("macro_f1", "accuracy"):
-        return (tuned.get("classification") or {}).get(metric)
+    cls = tuned.get("classification") or {}
+    if metric == "macro_f1":
+        return (cls.get("macro") or {}).get("f1")
+    if metric == "accuracy":
+        return cls.get("accuracy")
     if metric == "loss":
         return tuned.get("loss")
     return (tuned.get("generation") or {}).get(metric)
@@ -257,9 +260,9 @@ def gate(cfg: RunConfig, cand: dict[str, Any], cand_correct: dict[str, bool], in
         if cfg.loop.alpha is not None and cfg.task == "classify" and ids:
             test = mcnemar([cand_correct[i] for i in ids], [inc_correct[i] for i in ids]).to_dict()  # type: ignore[index]
             d["mcnemar"] = test
-            if test["p_value"] >= cfg.loop.alpha:
+            if test["pvalue"] >= cfg.loop.alpha:
                 ok = False
-                d["reasons"].append(f"the difference is not significant (McNemar p={test['p_value']:.3g} >= alpha {cfg.loop.alpha})")
+                d["reasons"].append(f"the difference is not significant (McNemar p={test['pvalue']:.3g} >= alpha {cfg.loop.alpha})")
     else:
         d["reasons"].append("no model is served yet: the first candidate that passes fairness is promoted")
     if fairness is not None:

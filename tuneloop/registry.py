@@ -83,7 +83,7 @@ class ModelRecord:
         """The few numbers a listing shows: tuned accuracy/macro-F1 (classify) or loss, fairness verdict."""
         tuned = (self.metrics.get("systems") or {}).get("tuned") or {}
         cls = tuned.get("classification") or {}
-        out = {"accuracy": cls.get("accuracy"), "macro_f1": cls.get("macro_f1"), "loss": tuned.get("loss")}
+        out = {"accuracy": cls.get("accuracy"), "macro_f1": (cls.get("macro") or {}).get("f1"), "loss": tuned.get("loss")}
         out["fair"] = self.fairness.get("passed") if self.fairness else None
         return out
 

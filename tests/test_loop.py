@@ -1,0 +1,102 @@
+"""The feedback loop end to end on a tiny classifier: promote when feedback fixes errors, keep when it hurts.
+
+The served model learned sentiment from "good/great/bad/terrible" only; the frozen test set also
+has "happy/love/sad/hate", which it gets wrong. Users correct those labels through feedback; the
+next round trains on the corrections and must be promoted. Wrong corrections must not be.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+
+from tuneloop import loop
+from tuneloop.config import RunConfig, load_config
+from tuneloop.feedback import FeedbackStore
+from tuneloop.registry import Registry
+
+FILL = ["the", "movie", "food", "service", "was", "a", "people", "city", "year", "film"]
+OLD = {"positive": ["good", "great"], "negative": ["bad", "terrible"]}
+NEW = {"positive": ["happy", "love"], "negative": ["sad", "hate"]}
+
+
+def _rows(rng: random.Random, n: int, words: dict[str, list[str]]) -> list[dict]:
+    out = []
+    for _ in range(n):
+        label = rng.choice(["positive", "negative"])
+        ws = rng.sample(FILL, 4)
+        ws.insert(rng.randrange(5), rng.choice(words[label]))
+        out.append({"text": " ".join(ws), "label": label})
+    return out
+
+
+def _write(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+@pytest.fixture(scope="module")
+def setup(tiny_bert: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[RunConfig, Path]:
+    root = tmp_path_factory.mktemp("loop")
+    rng = random.Random(0)
+    orig = _write(root / "orig.jsonl", _rows(rng, 120, OLD))
+    test = _write(root / "test.jsonl", _rows(rng, 40, OLD) + _rows(rng, 40, NEW))
+    cfg = load_config(None, {
+        "task": "classify", "base": str(tiny_bert), "seed": 0, "prepare.inputs": [str(orig)], "prepare.test_file": str(test),
+        "prepare.near_dup": False, "train.classify_as": "head", "train.method": "full", "train.lr": 5e-3, "train.epochs": 8,
+        "train.threads": 1, "train.precision": "fp32", "train.eval_every": 10, "train.patience": None,
+        "eval.base_too": False, "eval.baseline": False, "eval.bootstrap": 0, "fairness.benchmark": "none",
+        "feedback.db": root / "feedback.db", "loop.out": root / "loop", "loop.registry": f"sqlite:///{root}/registry.db",
+    })
+    return cfg, root
+
+
+def _give_feedback(cfg: RunConfig, rows: list[dict], *, truthful: bool) -> None:
+    """Users see the served labels and correct them (truthfully, or all wrong)."""
+    store = FeedbackStore(cfg.feedback.db)
+    for r in rows:
+        flip = {"positive": "negative", "negative": "positive"}
+        served = flip[r["label"]]  # the served model's mistake (or, for a lying user, the truth)
+        corrected = r["label"] if truthful else flip[r["label"]]
+        if not truthful:
+            served = r["label"]
+        rid = store.record_response(model="served", kind="classify", request={"input": [r["text"]]},
+                                    response={"data": [{"index": 0, "label": served}]})
+        store.add_feedback(response_id=rid, rating="down", corrected=corrected)
+
+
+def test_loop_promotes_a_better_candidate_and_keeps_a_worse_one(setup: tuple[RunConfig, Path]) -> None:
+    cfg, root = setup
+    reg = Registry(cfg.loop.registry)
+
+    first = loop.run(cfg)  # nothing served yet: the first fair candidate is promoted
+    assert first.decision["decision"] == "promote" and reg.promoted().name == first.decision["candidate"]
+    served_acc = reg.promoted().headline()["accuracy"]
+    assert served_acc < 0.8  # it never saw the new words
+
+    events = len(reg.history())
+    again = loop.run(cfg)  # no new feedback: the same round, already decided; nothing changes
+    assert again.reused and again.round_dir == first.round_dir and len(reg.history()) == events
+
+    _give_feedback(cfg, _rows(random.Random(1), 60, NEW), truthful=True)
+    second = loop.run(cfg)
+    d = second.decision
+    assert d["decision"] == "promote", d["reasons"]
+    assert d["incumbent"] == first.decision["candidate"] and d["feedback"]["examples"]["written"] == 60
+    assert d["candidate_value"] > d["incumbent_value"] and d["mcnemar"]["pvalue"] < 0.05
+    assert reg.promoted().name == d["candidate"]
+    assert reg.promoted().headline()["accuracy"] > served_acc + 0.2
+    report = (second.round_dir / "run" / "report.html").read_text()
+    assert "Promotion decision" in report and "PROMOTE" in report
+    assert json.loads((second.round_dir / "run" / "gate.json").read_text())["decision"] == "promote"
+    assert (root / "loop" / "frozen_test.jsonl").is_file() is False  # the user's own test file is the frozen one
+
+    _give_feedback(cfg, _rows(random.Random(2), 150, NEW), truthful=False)
+    third = loop.run(cfg)
+    assert third.decision["decision"] == "keep"
+    assert any("did not rise" in r or "fell" in r for r in third.decision["reasons"])
+    assert reg.promoted().name == d["candidate"]  # the better model stays served
+    assert reg.history()[-1]["action"] == "keep"
