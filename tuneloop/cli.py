@@ -270,6 +270,32 @@ def models_bundled() -> None:
     console.print(models_mod.summary())
 
 
+feedback_app = typer.Typer(no_args_is_help=True, help="User feedback the server stored: turn it into training data.")
+app.add_typer(feedback_app, name="feedback")
+
+
+@feedback_app.command("export")
+def feedback_export(
+    out: Path = typer.Option(..., help="Folder for feedback.jsonl, preferences.jsonl and report.json."),
+    config: Optional[Path] = ConfigOpt,
+    db: Optional[Path] = typer.Option(None, help="Feedback store (default: feedback.db in the config, runs/feedback.db)."),
+    data: Optional[Path] = typer.Option(None, help="Prepared folder: skip examples already in its train/val, never leak its test."),
+    task: Optional[str] = typer.Option(None, help="classify or generate (default: the data's manifest, else the config)."),
+) -> None:
+    """Curate feedback into SFT/classification examples and DPO preference pairs."""
+    import json
+
+    from tuneloop import feedback
+
+    cfg = _config(config, {"task": task, "feedback.db": db})
+    manifest = json.loads((data / "manifest.json").read_text(encoding="utf-8")) if data and (data / "manifest.json").is_file() else {}
+    task_name = task or manifest.get("task") or cfg.task
+    split = (lambda name: [p for p in [data / f"{name}.jsonl"] if p.is_file()]) if data else (lambda name: [])
+    result = feedback.export(cfg.feedback.db, out, task=task_name, cfg=cfg.feedback, existing=split("train") + split("val"),
+                             test_files=split("test"), labels=manifest.get("labels") if task_name == "classify" else None)
+    console.print(result.summary())
+
+
 @app.command()
 def loop(
     config: Path = typer.Option(..., "--config", "-c", help="YAML run config (prepare.inputs, train, loop sections)."),
