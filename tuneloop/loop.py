@@ -128,10 +128,22 @@ def _prepare(cfg: RunConfig, rnd: Path, sft_feedback: list[Path], frozen: Path |
     if (out / "manifest.json").is_file():
         return out
     c = cfg.model_copy(deep=True)
-    c.prepare.inputs = [*cfg.prepare.inputs, *map(str, sft_feedback)]
+    c.prepare.inputs = [*cfg.prepare.inputs, *(str(_user_fields(cfg, p)) for p in sft_feedback)]
     c.prepare.test_file = str(frozen) if frozen else None
     c.prepare.out = out
     data_stage.run(c)
+    return out
+
+
+def _user_fields(cfg: RunConfig, path: Path) -> Path:
+    """Feedback rows under the field names the user's data uses (`prepare.text_field`/`label_field`)."""
+    p = cfg.prepare
+    if cfg.task != "classify" or (p.text_field, p.label_field) == ("text", "label"):
+        return path
+    out = path.with_name("feedback.fields.jsonl")
+    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    renamed = [{p.text_field: r.pop("text"), p.label_field: r.pop("label"), **r} for r in rows]
+    out.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in renamed), encoding="utf-8")
     return out
 
 
