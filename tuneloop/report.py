@@ -395,7 +395,7 @@ def _decision_section(run_dir: Path) -> list[str]:
             [f"{d['metric']} (candidate)", _fmt(d.get("candidate_value"))], [f"{d['metric']} (served)", _fmt(d.get("incumbent_value"))],
             ["required margin", d.get("margin")]]
     if d.get("mcnemar"):
-        rows.append(["McNemar p (paired, same test rows)", f"{d['mcnemar']['p_value']:.3g} (alpha {d.get('alpha')})"])
+        rows.append(["McNemar p (paired, same test rows)", f"{d['mcnemar']['pvalue']:.3g} (alpha {d.get('alpha')})"])
     if "fairness_passed" in d:
         rows.append(["fairness gate", "passed" if d["fairness_passed"] else "FAILED: " + "; ".join(d["fairness_failures"])])
     rows += [["feedback used", json.dumps(d.get("feedback", {}))], ["frozen test set", d.get("frozen_test")]]
