@@ -2,7 +2,9 @@
 
 run(cfg) → _Trainer: data and model set up, then `_Trainer.fit()` holds the loop: forward on the
 positions that carry loss, `loss.backward()`, clipping, `optimizer.step()`, validation, early
-stopping and atomic checkpoints from which `resume(run_dir)` continues exactly.
+stopping and atomic checkpoints from which `resume(run_dir)` continues exactly. With `train.nproc`
+above 1, or under torchrun, every process runs this loop on its share of each global batch and
+rank 0 writes the files (`tuneloop.distributed`).
 
 A run folder holds `config.yaml` (resolved), `metrics.jsonl`, `checkpoints/step-N/` (the last few)
 and `checkpoints/best-N/`, `model/` (the best adapter or weights + tokenizer + `tuneloop.json`) and
@@ -28,7 +30,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from tuneloop import checkpoint, models
+from tuneloop import checkpoint, distributed, models
 from tuneloop.config import RunConfig, load_config, save_config
 from tuneloop.encode import IGNORE, Encoded, collate, encode_rows, epoch_batches, eval_batches
 from tuneloop.errors import TuneloopError
@@ -266,12 +268,13 @@ def _mean_loss(model: torch.nn.Module, examples: list[Encoded], batch_size: int,
     was_training = model.training
     model.eval()
     total, n = 0.0, 0
-    for rows in eval_batches(examples, batch_size):
+    for rows in distributed.shard(eval_batches(examples, batch_size)):  # each process scores its share
         batch = ex.batch(examples, rows)
         with ex.autocast():
             total += float(loss_sum(model, batch, ex.kind))
         n += _n_loss(batch)
     model.train(was_training)
+    total, n = distributed.sum_values(total, n)
     return total / max(n, 1)
 
 
@@ -284,8 +287,9 @@ class _Trainer:
     def __init__(self, cfg: RunConfig, run_dir: Path, on_validate: OnValidate | None = None) -> None:
         _quiet_transformers()
         t = cfg.train
-        if t.threads:
-            torch.set_num_threads(t.threads)
+        threads = t.threads or distributed.default_threads()
+        if threads:
+            torch.set_num_threads(threads)
         self.cfg, self.run_dir, self.on_validate = cfg, run_dir, on_validate
         self.ckpt_dir = run_dir / "checkpoints"
         self.kind = _kind(cfg)
@@ -305,6 +309,7 @@ class _Trainer:
         self.ex = _Exec(self.kind, device, bf16, self.tokenizer.pad_token_id, t.share_prefix and not t.gradient_checkpointing)
         self.model = _build_model(cfg, self.base_path, self.kind, self.labels, self.tokenizer, device, bf16).to(device)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
+        distributed.replicate(self.params)
         self.optimizer = torch.optim.AdamW(self.params, lr=t.lr, weight_decay=t.weight_decay)
         self._order: tuple[int, list[list[list[int]]]] = (-1, [])
         self.batches_per_epoch = len(self._epoch(0))
@@ -321,7 +326,8 @@ class _Trainer:
     def _epoch(self, epoch: int) -> list[list[list[int]]]:
         t = self.cfg.train
         if self._order[0] != epoch:
-            batches = epoch_batches(self.train_set, t.batch_size, self.cfg.seed * 100_003 + epoch,
+            # Batches of the global micro-batch size: the order does not depend on the process count.
+            batches = epoch_batches(self.train_set, t.batch_size * distributed.world(), self.cfg.seed * 100_003 + epoch,
                                     packing=t.packing and self.kind == "lm", group_by_length=t.group_by_length,
                                     max_length=t.max_length)
             self._order = (epoch, batches)
@@ -338,7 +344,8 @@ class _Trainer:
                 batches = self._epoch(s.epoch)
                 group = batches[s.batch_in_epoch : s.batch_in_epoch + t.grad_accum]
                 cpu = time.process_time()
-                loss, tokens, seconds = self._step(group)
+                distributed.seed_step(self.cfg.seed, s.step)
+                loss, tokens, seconds = self._step(distributed.shard_group(group))
                 s.train_cpu_seconds += time.process_time() - cpu
                 s.step += 1
                 s.batch_in_epoch += len(group)
@@ -351,23 +358,29 @@ class _Trainer:
         return self._finish(time.perf_counter() - started)
 
     def _step(self, group: list[list[list[int]]]) -> tuple[float, int, float]:
-        """One optimizer step over a few micro-batches; the loss is the mean over all their loss tokens."""
+        """One optimizer step over a few micro-batches; the loss is the mean over all their loss tokens.
+
+        With several processes, `group` is this process's share, the mean is over every process's
+        loss tokens, and the summed gradients are those of the whole global batch.
+        """
         t0 = time.perf_counter()
         micro = [self.ex.batch(self.train_set, rows) for rows in group]
-        n_loss = sum(_n_loss(b) for b in micro)
+        n_loss = int(distributed.sum_values(sum(_n_loss(b) for b in micro))[0])
         total = 0.0
         for batch in micro:
             with self.ex.autocast():
                 loss = loss_sum(self.model, batch, self.kind) / n_loss
             loss.backward()
             total += float(loss.detach())
+        distributed.sum_grads(self.params)
         if self.cfg.train.max_grad_norm:
             torch.nn.utils.clip_grad_norm_(self.params, self.cfg.train.max_grad_norm)
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.state.loss_tokens += n_loss
-        return total, int(sum(b["n_tokens"] for b in micro)), time.perf_counter() - t0
+        total, tokens = distributed.sum_values(total, sum(int(b["n_tokens"]) for b in micro))
+        return total, int(tokens), time.perf_counter() - t0
 
     def _after_step(self, epoch_done: bool) -> None:
         t, s = self.cfg.train, self.state
@@ -376,7 +389,7 @@ class _Trainer:
         last = s.step >= self.total_steps
         if s.step % t.eval_every == 0 or epoch_done or last:
             self._validate()
-        if self.interrupted:
+        if distributed.any_true(self.interrupted):  # every process stops after the same step
             s.stopped = "interrupted"
         if s.step % t.save_every == 0 or last or s.stopped:
             self._checkpoint()
@@ -388,7 +401,8 @@ class _Trainer:
         self._log({"kind": "val", "step": s.step, "epoch": round(s.epoch + s.batch_in_epoch / self.batches_per_epoch, 4), "loss": val})
         if val < s.best_val_loss:
             s.best_val_loss, s.best_step, s.bad_evals = val, s.step, 0
-            checkpoint.atomic_dir(self.ckpt_dir / f"best-{s.step:06d}", lambda d: checkpoint.save_weights(self.model, d, t.method))
+            if distributed.is_main():
+                checkpoint.atomic_dir(self.ckpt_dir / f"best-{s.step:06d}", lambda d: checkpoint.save_weights(self.model, d, t.method))
         else:
             s.bad_evals += 1
             if t.patience and s.bad_evals >= t.patience:
@@ -397,6 +411,8 @@ class _Trainer:
             self.on_validate(s.step, val)
 
     def _checkpoint(self) -> None:
+        if not distributed.is_main():  # every replica holds the same state; one writes it
+            return
         s = self.state
         checkpoint.save(self.ckpt_dir / f"step-{s.step:06d}", self.model, self.optimizer, self.scheduler, asdict(s),
                         self.cfg.train.method)
@@ -416,10 +432,11 @@ class _Trainer:
         self.state = _State(**progress)
         if self.state.stopped == "interrupted":
             self.state.stopped = ""
-        for stale in checkpoint.step_dirs(self.ckpt_dir, "best"):  # written after the checkpoint: will be redone
-            if checkpoint.step_of(stale) > self.state.step:
-                shutil.rmtree(stale)
-        self._truncate_metrics(self.state.step)
+        if distributed.is_main():
+            for stale in checkpoint.step_dirs(self.ckpt_dir, "best"):  # written after the checkpoint: will be redone
+                if checkpoint.step_of(stale) > self.state.step:
+                    shutil.rmtree(stale)
+            self._truncate_metrics(self.state.step)
         return True
 
     def _truncate_metrics(self, step: int) -> None:
@@ -432,6 +449,8 @@ class _Trainer:
             tmp.replace(path)
 
     def _log(self, record: dict[str, Any]) -> None:
+        if not distributed.is_main():
+            return
         with (self.run_dir / "metrics.jsonl").open("a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
 
@@ -439,7 +458,7 @@ class _Trainer:
         return Progress(
             TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
             TextColumn("loss {task.fields[loss]:.4f}"), TextColumn("{task.fields[tps]:,.0f} tok/s"),
-            TimeRemainingColumn(), console=console,
+            TimeRemainingColumn(), console=console, disable=not distributed.is_main(),
         )
 
     @contextlib.contextmanager
@@ -450,22 +469,13 @@ class _Trainer:
             console.print("[yellow]Ctrl-C: saving a checkpoint after this step (again to abort)[/]")
             signal.signal(signal.SIGINT, previous)
 
-        try:
-            previous = signal.signal(signal.SIGINT, handler)
-        except ValueError:  # not the main thread: leave signals alone
+        with distributed.on_sigint(handler) as previous:
             yield
-            return
-        try:
-            yield
-        finally:
-            signal.signal(signal.SIGINT, previous)
 
     def _finish(self, wall: float) -> TrainResult:
         s, t = self.state, self.cfg.train
         if s.stopped == "interrupted":
             raise TuneloopError(f"interrupted at step {s.step}; checkpoint saved, continue with `tuneloop train --resume {self.run_dir}`")
-        checkpoint.load_weights(self.model, self.ckpt_dir / f"best-{s.best_step:06d}", t.method)
-        self._write_model()
         info = {
             "task": self.cfg.task, "kind": self.kind, "method": t.method, "base": str(self.base_path),
             "steps": s.step, "epochs": round(s.step / max(1, math.ceil(self.batches_per_epoch / t.grad_accum)), 3),
@@ -476,10 +486,15 @@ class _Trainer:
             "train_cpu_seconds": s.train_cpu_seconds,
             "wall_seconds": wall, "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             "bf16": self.ex.bf16, "device": str(self.ex.device), "attention": core(self.model).config._attn_implementation,
+            "processes": distributed.world(),
         }
         if self.ex.device.type == "cuda":
             info["peak_gpu_mib"] = torch.cuda.max_memory_allocated() / 2**20
-        (self.run_dir / "train_summary.json").write_text(json.dumps(info, indent=1))
+        if distributed.is_main():
+            checkpoint.load_weights(self.model, self.ckpt_dir / f"best-{s.best_step:06d}", t.method)
+            self._write_model()
+            (self.run_dir / "train_summary.json").write_text(json.dumps(info, indent=1))
+        distributed.barrier()  # the model is written when any process returns
         return _result(self.run_dir, info)
 
     def _write_model(self) -> None:
@@ -530,11 +545,16 @@ def run(cfg: RunConfig, on_validate: OnValidate | None = None) -> TrainResult:
         TuneloopError: bad data, a bad base model or LoRA target, a too-short max length, or Ctrl-C
             (after saving a checkpoint).
     """
+    _join(cfg, on_validate)
     cfg, run_dir = _prepare_run(cfg)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, run_dir / "config.yaml")
-    (run_dir / "metrics.jsonl").unlink(missing_ok=True)
-    return _Trainer(cfg, run_dir, on_validate).fit()
+    distributed.barrier()  # every process has checked the folder before one writes into it
+    if distributed.launched():
+        cfg.train.nproc = distributed.world()  # what a resume must start again
+    if distributed.is_main():
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, run_dir / "config.yaml")
+        (run_dir / "metrics.jsonl").unlink(missing_ok=True)
+    return _fit(cfg, run_dir, on_validate, resuming=False)
 
 
 def resume(run_dir: Path, on_validate: OnValidate | None = None) -> TrainResult:
@@ -545,16 +565,48 @@ def resume(run_dir: Path, on_validate: OnValidate | None = None) -> TrainResult:
     run_dir = Path(run_dir).resolve()
     if not (run_dir / "config.yaml").is_file():
         raise TuneloopError(f"{run_dir} is not a training run (no config.yaml); start one with `tuneloop train --out`")
+    cfg = load_config(run_dir / "config.yaml")
+    _join(cfg, on_validate)
     summary = run_dir / "train_summary.json"
     if summary.is_file():
         console.print(f"{run_dir} has already finished")
         return _result(run_dir, json.loads(summary.read_text()))
-    trainer = _Trainer(load_config(run_dir / "config.yaml"), run_dir, on_validate)
+    if distributed.launched() and distributed.world() != cfg.train.nproc:
+        raise TuneloopError(f"{run_dir} trains with {cfg.train.nproc} processes (its global batch depends on it) but "
+                            f"{distributed.world()} were started; resume it with `tuneloop train --resume {run_dir}` "
+                            f"or with {cfg.train.nproc} processes in all")
+    return _fit(cfg, run_dir, on_validate, resuming=True)
+
+
+def _join(cfg: RunConfig, on_validate: OnValidate | None) -> None:
+    """Join the process group torchrun (or accelerate) started, if any; only its rank 0 prints."""
+    distributed.init_from_env()
+    if not distributed.is_main():
+        console.quiet = True
+    if on_validate is not None and distributed.needs_launch(cfg.train.nproc):
+        raise TuneloopError(f"train.nproc {cfg.train.nproc} cannot report each validation back to a caller (hyperparameter "
+                            "search): set train.nproc 1, or start the processes with torchrun")
+
+
+def _fit(cfg: RunConfig, run_dir: Path, on_validate: OnValidate | None, resuming: bool) -> TrainResult:
+    """Train in this process, or start the `train.nproc` processes that do and report what they wrote."""
+    if distributed.needs_launch(cfg.train.nproc):
+        distributed.launch(cfg.train.nproc, _fit_launched, (cfg, run_dir, resuming))
+        return _result(run_dir, json.loads((run_dir / "train_summary.json").read_text()))
+    trainer = _Trainer(cfg, run_dir, on_validate)
+    if not resuming:
+        return trainer.fit()
     if trainer.restore():
         console.print(f"resuming {run_dir} at step {trainer.state.step}")
-    else:
+    elif distributed.is_main():
         (run_dir / "metrics.jsonl").unlink(missing_ok=True)
     return trainer.fit()
+
+
+def _fit_launched(cfg: RunConfig, run_dir: Path, resuming: bool) -> None:
+    """What each process started by `_fit` runs (module level, so that it can be pickled)."""
+    _join(cfg, None)
+    _fit(cfg, run_dir, None, resuming)
 
 
 def _meta(run_dir: Path) -> dict[str, Any]:
