@@ -124,7 +124,10 @@ def train(
             "train.nproc": nproc,
         })
         result = train_stage.run(cfg)
-    console.print(result.summary())
+    from tuneloop import distributed
+
+    if distributed.is_main():  # under torchrun every rank returns; one summary is enough
+        console.print(result.summary())
 
 
 @app.command("eval")
