@@ -1,0 +1,290 @@
+"""The FastAPI application: OpenAI-compatible chat, classification, feedback, health and hot swap.
+
+create_app(settings) loads the model (or the registry's promoted one) and the feedback store, and
+returns the app; its lifespan starts the batcher and, with `--model promoted`, the registry watcher.
+Every response a client can give feedback on is recorded in the feedback store before it is sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator, Hashable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from fastapi import APIRouter, Depends, FastAPI, Header, Request
+from fastapi.responses import StreamingResponse
+from fastapi.security import HTTPBearer
+
+from tuneloop.encode import render_prompt
+from tuneloop.serve.batcher import Batcher
+from tuneloop.serve.classify import classify
+from tuneloop.serve.generation import ChatOut, ChatRow, generate_rows
+from tuneloop.serve.guard import Guard, install_error_handlers
+from tuneloop.serve.models import ModelHolder, ServedModel, load_initial
+from tuneloop.serve.schemas import ApiError, ChatRequest, ClassifyRequest, FeedbackRequest
+from tuneloop.serve.settings import ServeSettings
+
+
+@dataclass
+class _State:
+    settings: ServeSettings
+    holder: ModelHolder
+    store: Any  # tuneloop.feedback.FeedbackStore
+    batcher: Batcher
+    started: float
+
+
+def _state(request: Request) -> _State:
+    return request.app.state.tuneloop
+
+
+def _run_batch(key: Hashable, payloads: list[Any]) -> list[Any]:
+    """Run one batch in the model thread: key = (kind, served model)."""
+    kind, served = key
+    if kind == "chat":
+        return generate_rows(served.loaded, payloads)
+    flat = [t for texts in payloads for t in texts]
+    results, out, at = classify(served.loaded, flat), [], 0
+    for texts in payloads:
+        out.append(results[at : at + len(texts)])
+        at += len(texts)
+    return out
+
+
+# ---------------------------------------------------------------- routes
+
+public = APIRouter()
+# The keys are checked by `Guard` before the body is read; this only documents them in /docs.
+api = APIRouter(dependencies=[Depends(HTTPBearer(auto_error=False))])
+
+
+@public.get("/health")
+async def health(request: Request) -> dict[str, Any]:
+    """Liveness and what is served: model name, status, uptime."""
+    st = _state(request)
+    served = st.holder.current
+    return {"status": st.holder.status, "model": served.name, "task": served.task, "kind": served.kind,
+            "uptime_s": round(time.time() - st.started, 1), "loaded_at": int(served.loaded_at),
+            "swaps": st.holder.swaps, "last_reload_error": st.holder.last_error,
+            "batching": st.settings.batching, "max_batch": st.batcher.max_batch,
+            "recent_mean_batch": round(sum(calls) / len(calls), 2) if (calls := st.batcher.calls) else None}
+
+
+@api.get("/v1/models")
+async def list_models(request: Request) -> dict[str, Any]:
+    """The served model (OpenAI list shape)."""
+    return {"object": "list", "data": [_state(request).holder.current.info()]}
+
+
+def _wrong_task(served: ServedModel, wanted: str) -> ApiError:
+    other = "/v1/classify" if served.task == "classify" else "/v1/chat/completions"
+    what = "a classification" if served.task == "classify" else "a chat (generate)"
+    return ApiError(400, f"model {served.name!r} is {what} model and cannot serve {wanted}; use POST {other}",
+                    param="model", code="wrong_model_task")
+
+
+def _prompt_ids(served: ServedModel, body: ChatRequest) -> list[int]:
+    tok = served.prompt_tokenizer
+    try:
+        prompt = render_prompt(tok, [m.as_template_message() for m in body.messages])
+    except Exception as e:  # noqa: BLE001 (templates raise anything, e.g. jinja's "roles must alternate")
+        raise ApiError(400, f"the model's chat template rejected the messages: {e}", param="messages") from None
+    return tok(prompt, add_special_tokens=False)["input_ids"]
+
+
+def _chat_row(st: _State, served: ServedModel, body: ChatRequest) -> ChatRow:
+    limit = st.settings.max_tokens
+    max_tokens = body.max_completion_tokens or body.max_tokens or limit
+    if max_tokens > limit:
+        param = "max_completion_tokens" if body.max_completion_tokens else "max_tokens"
+        raise ApiError(400, f"{param} {max_tokens} is above this server's limit of {limit}; ask for at most {limit}",
+                       param=param, code="max_tokens_too_large")
+    ids = _prompt_ids(served, body)
+    if served.context and len(ids) + max_tokens > served.context:
+        raise ApiError(400, f"the prompt has {len(ids)} tokens; with max_tokens {max_tokens} that exceeds the model's "
+                            f"context of {served.context} tokens: shorten the messages or lower max_tokens",
+                       param="messages", code="context_length_exceeded")
+    return ChatRow(ids, max_tokens, body.temperature, body.top_p, body.stop_list(), body.seed)
+
+
+def _completion(rid: str, served: ServedModel, created: int, out: ChatOut) -> dict[str, Any]:
+    return {"id": rid, "object": "chat.completion", "created": created, "model": served.name,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": out.text},
+                         "finish_reason": out.finish_reason, "logprobs": None}],
+            "usage": _usage(out)}
+
+
+def _usage(out: ChatOut) -> dict[str, int]:
+    return {"prompt_tokens": out.prompt_tokens, "completion_tokens": out.completion_tokens,
+            "total_tokens": out.prompt_tokens + out.completion_tokens}
+
+
+@api.post("/v1/chat/completions", response_model=None)
+async def chat_completions(body: ChatRequest, request: Request) -> dict[str, Any] | StreamingResponse:
+    """OpenAI chat completions (n=1); `stream: true` answers with server-sent events."""
+    st = _state(request)
+    served = st.holder.current  # this request runs on this model even if a new one is swapped in meanwhile
+    if served.task != "generate":
+        raise _wrong_task(served, "chat completions")
+    row = _chat_row(st, served, body)
+    rid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
+    if body.stream:
+        return StreamingResponse(_stream(st, served, body, row, rid, created), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache"})
+    out = await st.batcher.submit(("chat", served), row)
+    response = _completion(rid, served, created, out)
+    await _record(st, served, "chat", body.model_dump(exclude_none=True), response, rid)
+    return response
+
+
+def _sse(obj: Any) -> str:
+    return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
+
+
+async def _stream(st: _State, served: ServedModel, body: ChatRequest, row: ChatRow, rid: str,
+                  created: int) -> AsyncIterator[str]:
+    """Chunks as the model thread produces text; the record of the full answer is stored before [DONE]."""
+    loop, pieces = asyncio.get_running_loop(), asyncio.Queue()
+    row.emit = lambda text: loop.call_soon_threadsafe(pieces.put_nowait, text)
+    job = asyncio.ensure_future(st.batcher.submit(("chat", served), row))
+
+    def finished(task: asyncio.Future) -> None:
+        # The job's result arrives after every piece it emitted: None marks the end of the text.
+        pieces.put_nowait(None)
+        if not task.cancelled():
+            task.exception()  # retrieved here too: a client that left must not leave an unread error
+
+    job.add_done_callback(finished)
+
+    def chunk(delta: dict[str, Any], finish: str | None = None) -> str:
+        return _sse({"id": rid, "object": "chat.completion.chunk", "created": created, "model": served.name,
+                     "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}]})
+
+    try:
+        yield chunk({"role": "assistant", "content": ""})
+        while (text := await pieces.get()) is not None:
+            yield chunk({"content": text})
+        try:
+            out: ChatOut = job.result()
+        except Exception as e:  # noqa: BLE001 (the 200 is sent: the error can only be an event)
+            error = e if isinstance(e, ApiError) else ApiError(500, f"generation failed ({type(e).__name__})", type="server_error")
+            yield _sse(error.body())
+        else:
+            full = _completion(rid, served, created, out)
+            await _record(st, served, "chat", body.model_dump(exclude_none=True), full, rid)
+            yield chunk({}, out.finish_reason)
+            if body.stream_options and body.stream_options.include_usage:
+                yield _sse({"id": rid, "object": "chat.completion.chunk", "created": created, "model": served.name,
+                            "choices": [], "usage": _usage(out)})
+        yield "data: [DONE]\n\n"
+    finally:
+        row.cancelled = True  # a client that went away stops its row at the next token
+
+
+@api.post("/v1/classify")
+async def classify_texts(body: ClassifyRequest, request: Request) -> dict[str, Any]:
+    """Labels and per-label probabilities for a batch of texts."""
+    st = _state(request)
+    served = st.holder.current
+    if served.task != "classify":
+        raise _wrong_task(served, "classification")
+    texts = body.text_list()
+    if len(texts) > st.settings.max_inputs:
+        raise ApiError(400, f"{len(texts)} texts in one request; the limit is {st.settings.max_inputs}: split the batch",
+                       param="input", code="too_many_inputs")
+    results = await st.batcher.submit(("classify", served), texts, size=len(texts))
+    rid = f"cls-{uuid.uuid4().hex}"
+    response = {"id": rid, "object": "classification", "created": int(time.time()), "model": served.name,
+                "data": [{"index": i, **r} for i, r in enumerate(results)]}
+    await _record(st, served, "classify", body.model_dump(exclude_none=True), response, rid)
+    return response
+
+
+async def _record(st: _State, served: ServedModel, kind: str, request: dict, response: dict, rid: str) -> None:
+    await asyncio.to_thread(st.store.record_response, model=served.name, kind=kind, request=request,
+                            response=response, response_id=rid)
+
+
+@api.post("/v1/feedback")
+async def feedback(body: FeedbackRequest, request: Request,
+                   idempotency_key: str | None = Header(None, description="Send the same key again: stored once.")) -> dict[str, Any]:
+    """Rate a response this server gave (thumbs or 1-5 stars), optionally with the right answer and a comment."""
+    from tuneloop.feedback import FeedbackError
+
+    st = _state(request)
+    if await asyncio.to_thread(st.store.get_response, body.response_id) is None:
+        raise ApiError(404, f"unknown response id {body.response_id!r}: give the `id` of a response this server returned",
+                       param="response_id", code="unknown_response_id")
+    try:
+        record = await asyncio.to_thread(st.store.add_feedback, **body.model_dump(), idempotency_key=idempotency_key)
+    except FeedbackError as e:
+        raise ApiError(400, str(e), code="invalid_feedback") from None
+    return {"object": "feedback", **record}
+
+
+@api.post("/admin/reload")
+async def reload(request: Request) -> dict[str, Any]:
+    """Check the registry's promoted model now (instead of at the next interval); swap if it changed."""
+    st = _state(request)
+    swapped = await st.holder.refresh()
+    return {"model": st.holder.current.name, "swapped": swapped, "last_reload_error": st.holder.last_error}
+
+
+# ---------------------------------------------------------------- app
+
+
+def create_app(settings: ServeSettings) -> FastAPI:
+    """Build the server: load the model and feedback store, wire the routes, batching and hot swap.
+
+    Args:
+        settings: What to serve and how.
+
+    Returns:
+        The FastAPI app (run it with uvicorn, or `serve`).
+
+    Raises:
+        TuneloopError: unsafe auth settings, no promoted model, a bad run folder or feedback file.
+    """
+    from tuneloop.feedback import FeedbackStore
+
+    settings.check()
+    if settings.threads:
+        import torch
+
+        torch.set_num_threads(settings.threads)
+    current, registry = load_initial(settings.model, settings.registry, settings.name)
+    holder = ModelHolder(current, registry)
+    batcher = Batcher(_run_batch, max_batch=settings.max_batch if settings.batching else 1,
+                      wait_s=settings.batch_wait_ms / 1000)
+    state = _State(settings, holder, FeedbackStore(settings.feedback_db), batcher, time.time())
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        batcher.start()
+        watcher = asyncio.create_task(holder.watch(settings.reload_interval)) if registry else None
+        yield
+        if watcher:
+            watcher.cancel()
+        await batcher.stop()
+        state.store.close()
+
+    app = FastAPI(title="tuneloop", summary="OpenAI-compatible API of a model fine-tuned with tuneloop",
+                  lifespan=lifespan)
+    app.state.tuneloop = state
+    app.add_middleware(Guard, settings=settings)
+    install_error_handlers(app, settings)
+    app.include_router(public)
+    app.include_router(api)
+    return app
+
+
+def serve(settings: ServeSettings) -> None:
+    """Start the server with uvicorn and block until it is stopped (Ctrl-C)."""
+    import uvicorn
+
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info")

@@ -1,0 +1,152 @@
+"""Request bodies of the API (validated by FastAPI) and errors in the OpenAI shape.
+
+Unknown fields are refused, so a misspelt parameter (`max_token`) is an error rather than ignored.
+Every error a client can cause answers `{"error": {"message", "type", "param", "code"}}` with a 4xx.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+
+
+class ApiError(Exception):
+    """An error answered to the client in the OpenAI error shape."""
+
+    def __init__(self, status: int, message: str, *, param: str | None = None, code: str | None = None,
+                 type: str = "invalid_request_error") -> None:
+        super().__init__(message)
+        self.status, self.message, self.param, self.code, self.type = status, message, param, code, type
+
+    def body(self) -> dict[str, Any]:
+        """The JSON body: `{"error": {...}}`."""
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+def _encodable(text: str) -> str:
+    # JSON may carry lone surrogates (\ud800) that no tokenizer or database accepts: refuse them here,
+    # before the text can fail a whole batch in the model thread.
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("text is not valid Unicode (a lone surrogate such as \\ud800)") from None
+    return text
+
+
+Text = Annotated[str, AfterValidator(_encodable)]
+
+
+class TextPart(_Strict):
+    """A text part of a message's content (other part types are not supported)."""
+
+    type: Literal["text"]
+    text: Text
+
+
+class Message(_Strict):
+    """One chat message."""
+
+    role: Literal["system", "developer", "user", "assistant"]
+    content: Text | list[TextPart]
+    name: Text | None = None
+
+    def as_template_message(self) -> dict[str, str]:
+        """`{"role", "content"}` for the chat template (a developer message is a system message)."""
+        text = self.content if isinstance(self.content, str) else "".join(p.text for p in self.content)
+        return {"role": "system" if self.role == "developer" else self.role, "content": text}
+
+
+class StreamOptions(_Strict):
+    """Options of a streamed answer."""
+
+    include_usage: bool = Field(False, description="Send a last chunk with token counts.")
+
+
+class ChatRequest(_Strict):
+    """POST /v1/chat/completions (the OpenAI parameters this server implements)."""
+
+    model: Text | None = Field(None, description="Accepted and ignored: the server serves one model (see GET /v1/models).")
+    messages: list[Message] = Field(min_length=1)
+    temperature: float = Field(1.0, ge=0, le=2, description="0: greedy (deterministic); above 0: sampling.")
+    top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling mass.")
+    max_tokens: int | None = Field(None, ge=1, description="Most tokens to generate (default and limit: the server's --max-tokens).")
+    max_completion_tokens: int | None = Field(None, ge=1, description="Same as max_tokens (newer OpenAI name); wins if both are given.")
+    stop: Text | list[Text] | None = Field(None, description="Up to 4 strings that end the answer (not included).")
+    n: int = Field(1, ge=1, le=1, description="Choices per request: only 1 is supported.")
+    stream: bool = Field(False, description="Stream the answer as server-sent events.")
+    stream_options: StreamOptions | None = None
+    seed: int | None = Field(None, description="Seed for sampling (the same seed and prompt give the same answer).")
+    user: Text | None = Field(None, description="An end-user id, stored with the response.")
+
+    @model_validator(mode="after")
+    def _stops(self) -> ChatRequest:
+        stops = self.stop_list()
+        if len(stops) > 4 or any(not s for s in stops):
+            raise ValueError("stop must be at most 4 non-empty strings")
+        return self
+
+    def stop_list(self) -> list[str]:
+        """The stop strings as a list."""
+        return [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
+
+
+class ClassifyRequest(_Strict):
+    """POST /v1/classify: `{"input": [texts]}` (or one text), or `{"texts": [...]}`."""
+
+    model: Text | None = Field(None, description="Accepted and ignored: the server serves one model.")
+    input: Text | list[Text] | None = None
+    texts: list[Text] | None = None
+
+    @model_validator(mode="after")
+    def _one_of(self) -> ClassifyRequest:
+        if (self.input is None) == (self.texts is None):
+            raise ValueError("give the texts as either `input` or `texts`, not both or neither")
+        if not self.text_list():
+            raise ValueError("no texts to classify: the list is empty")
+        return self
+
+    def text_list(self) -> list[str]:
+        """The texts to classify."""
+        texts = self.texts if self.texts is not None else self.input
+        return [texts] if isinstance(texts, str) else list(texts or [])
+
+
+class FeedbackRequest(_Strict):
+    """POST /v1/feedback: a rating of a response this server gave."""
+
+    response_id: Text = Field(min_length=1, max_length=200, description="The `id` of a chat completion or classification.")
+    rating: int | Text = Field(description='"up"/"down" or 1..5 stars.')
+    index: int | None = Field(None, ge=0, description="Which text of a classify batch the feedback is about.")
+    corrected: Text | None = Field(None, description="The right answer (chat) or label (classify).")
+    comment: Text | None = Field(None, description="Free text.")
+
+
+_TYPE_NAMES = {"str", "int", "float", "bool", "function-after"}
+
+
+def validation_error(errors: list[dict[str, Any]]) -> ApiError:
+    """A 400 naming the first invalid field of a request body (or saying the JSON is malformed)."""
+    first = errors[0] if errors else {"loc": (), "msg": "invalid request", "type": ""}
+    if first.get("type") == "json_invalid":
+        detail = (first.get("ctx") or {}).get("error", "not JSON")
+        pos = first.get("loc", ())[-1]
+        where = f" at character {pos}" if isinstance(pos, int) else ""
+        return ApiError(400, f"malformed JSON body{where}: {detail}", code="invalid_json")
+    # Drop "body" and the names pydantic gives union members ("str", "list[str]") from the field path.
+    loc = [str(p) for p in first.get("loc", ()) if p != "body" and p not in _TYPE_NAMES and "[" not in str(p)]
+    param = ".".join(loc) or None
+    msg = str(first.get("msg", "invalid value")).removeprefix("Value error, ")
+    if first.get("type") == "missing":
+        return ApiError(400, f"missing required field '{param}'", param=param, code="missing_field")
+    if first.get("type") == "extra_forbidden":
+        return ApiError(400, f"unrecognized field '{param}'", param=param, code="unknown_field")
+    if isinstance(first.get("input"), bytes):  # a body FastAPI did not parse as JSON
+        return ApiError(400, "the body must be a JSON object sent with 'Content-Type: application/json'", code="invalid_json")
+    where = f"field '{param}'" if param else "request body"
+    got = "" if "input" not in first or isinstance(first["input"], dict) else f" (got {first['input']!r:.80})"
+    return ApiError(400, f"{where}: {msg}{got}", param=param, code="invalid_value")

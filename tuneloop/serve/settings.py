@@ -1,0 +1,74 @@
+"""How `tuneloop serve` runs: which model, where feedback goes, who may call it, and its limits."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from tuneloop.config import FeedbackConfig
+from tuneloop.errors import TuneloopError
+
+API_KEYS_ENV = "TUNELOOP_API_KEYS"
+
+
+class ServeSettings(BaseModel):
+    """Settings of the OpenAI-compatible server; every field is also a `tuneloop serve` option."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field("promoted", description="`promoted` (the registry's promoted model, hot-swapped when it changes) or a run folder.")
+    registry: str | None = Field(None, description="Registry URL (default: $TUNELOOP_REGISTRY or sqlite:///runs/registry.db).")
+    feedback_db: Path = Field(FeedbackConfig().db, description="SQLite file where responses and feedback are stored.")
+    host: str = Field("127.0.0.1", description="Interface to listen on.")
+    port: int = Field(8000, ge=0, le=65535, description="TCP port (0: any free port).")
+    api_keys: list[str] = Field(default_factory=list, description=f"Accepted bearer keys; ${API_KEYS_ENV} (comma-separated) adds more.")
+    no_auth: bool = Field(False, description="Accept requests without a key (only on a loopback host).")
+    max_body_bytes: int = Field(1_000_000, gt=0, description="Largest request body accepted (413 above).")
+    max_tokens: int = Field(512, gt=0, description="Largest `max_tokens` a chat request may ask for.")
+    max_inputs: int = Field(256, gt=0, description="Most texts in one /v1/classify request.")
+    max_batch: int = Field(16, gt=0, description="Most requests (classify: texts) run in one batched model call.")
+    batch_wait_ms: float = Field(10.0, ge=0, description="How long the first request of a batch waits for company.")
+    batching: bool = Field(True, description="Gather concurrent requests into batches (off: one request per model call).")
+    reload_interval: float = Field(2.0, gt=0, description="Seconds between checks of the registry's promoted model.")
+    name: str | None = Field(None, description="Model name reported for a run folder (default: the folder's name).")
+    threads: int | None = Field(None, gt=0, description="torch threads for model calls (default: all cores; 1 is faster on a busy machine).")
+
+    def keys(self) -> list[str]:
+        """The accepted API keys: `api_keys` plus those in $TUNELOOP_API_KEYS."""
+        env = [k.strip() for k in os.environ.get(API_KEYS_ENV, "").split(",")]
+        return [k for k in dict.fromkeys([*self.api_keys, *env]) if k]
+
+    def check(self) -> None:
+        """Refuse settings that would expose the model without authentication.
+
+        Raises:
+            TuneloopError: `no_auth` on a non-loopback host, or no API key without `no_auth`.
+        """
+        if self.no_auth and not is_loopback(self.host):
+            raise TuneloopError(
+                f"--no-auth is only allowed on a loopback host (127.0.0.1, ::1, localhost), not {self.host!r}; "
+                f"give --api-key KEY (or set {API_KEYS_ENV}) to serve on {self.host}"
+            )
+        if not self.no_auth and not self.keys():
+            raise TuneloopError(
+                f"no API key: give --api-key KEY (or set {API_KEYS_ENV}=key1,key2), "
+                "or --no-auth to serve without keys on 127.0.0.1"
+            )
+
+
+def is_loopback(host: str) -> bool:
+    """Whether `host` only accepts connections from this machine.
+
+    Example:
+        >>> is_loopback("127.0.0.1"), is_loopback("localhost"), is_loopback("0.0.0.0")
+        (True, True, False)
+    """
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
