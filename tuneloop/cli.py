@@ -273,6 +273,33 @@ def models_bundled() -> None:
     console.print(models_mod.summary())
 
 
+@app.command()
+def serve(
+    model: Optional[str] = typer.Option(None, help="`promoted` (hot-swapped when the registry promotes another) or a run folder."),
+    host: Optional[str] = typer.Option(None, help="Interface to listen on (default 127.0.0.1)."),
+    port: Optional[int] = typer.Option(None, help="TCP port (default 8000)."),
+    api_key: Optional[list[str]] = typer.Option(None, help="Accepted bearer key (repeatable; $TUNELOOP_API_KEYS adds more)."),
+    no_auth: Optional[bool] = typer.Option(None, "--no-auth", help="Accept requests without a key (loopback host only)."),
+    registry: Optional[str] = RegistryOpt,
+    feedback_db: Optional[Path] = typer.Option(None, help="Where responses and feedback are stored (default runs/feedback.db)."),
+    max_tokens: Optional[int] = typer.Option(None, help="Largest max_tokens a chat request may ask for."),
+    max_body_bytes: Optional[int] = typer.Option(None, help="Largest request body (413 above)."),
+    max_batch: Optional[int] = typer.Option(None, help="Most requests (classify: texts) in one batched model call."),
+    batch_wait_ms: Optional[float] = typer.Option(None, help="How long a request waits for others to batch with."),
+    batching: Optional[bool] = typer.Option(None, "--batching/--no-batching", help="Gather concurrent requests into batches."),
+    reload_interval: Optional[float] = typer.Option(None, help="Seconds between checks for a newly promoted model."),
+    threads: Optional[int] = typer.Option(None, help="torch threads for model calls."),
+) -> None:
+    """Serve a model behind an OpenAI-compatible API (+ /v1/classify, /v1/feedback, /health, /docs)."""
+    from tuneloop.serve import serve as serve_app, settings_from
+
+    settings = settings_from(model=model, host=host, port=port, api_keys=api_key, no_auth=no_auth, registry=registry,
+                             feedback_db=feedback_db, max_tokens=max_tokens, max_body_bytes=max_body_bytes, max_batch=max_batch,
+                             batch_wait_ms=batch_wait_ms, batching=batching, reload_interval=reload_interval, threads=threads)
+    settings.check()
+    serve_app(settings)
+
+
 feedback_app = typer.Typer(no_args_is_help=True, help="User feedback the server stored: turn it into training data.")
 app.add_typer(feedback_app, name="feedback")
 
