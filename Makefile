@@ -5,7 +5,7 @@ export HF_HUB_OFFLINE := 1
 export HF_HUB_DISABLE_TELEMETRY := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: demo test test-integration bench clean
+.PHONY: demo loop-demo test test-integration bench clean
 
 # torch first (the CPU wheel on this machine's disk); an unpinned torch would pull a CUDA build.
 $(BIN)/.installed: requirements.txt requirements-data.txt pyproject.toml
@@ -18,6 +18,10 @@ $(BIN)/.installed: requirements.txt requirements-data.txt pyproject.toml
 
 demo: $(BIN)/.installed
 	bash examples/demo.sh
+
+# The feedback loop on real data: train, promote, serve, users' feedback, retrain, gate, swap.
+loop-demo: $(BIN)/.installed
+	bash examples/loop_demo.sh
 
 test: $(BIN)/.installed
 	$(BIN)/python -m pytest
