@@ -29,7 +29,7 @@ from tiny import write_data
 from tuneloop import train
 from tuneloop.config import load_config
 from tuneloop.errors import TuneloopError
-from tuneloop.serve import ServeSettings, create_app
+from tuneloop.serve import ServeSettings, create_app, settings_from
 from tuneloop.serve.batcher import Batcher
 
 KEY = "test-key"
@@ -251,7 +251,7 @@ def test_api_key_is_required(head_server: tuple[str, Any]) -> None:
     assert call(url, "GET", "/openapi.json", key=None)[1]["paths"]["/v1/classify"]
 
 
-def test_no_auth_only_on_loopback_and_keys_from_env(runs: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+def test_settings_refuse_no_auth_off_loopback_and_bad_options(runs: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(TuneloopError, match="loopback"):
         ServeSettings(host="0.0.0.0", no_auth=True).check()
     with pytest.raises(TuneloopError, match="--api-key"):
@@ -259,6 +259,9 @@ def test_no_auth_only_on_loopback_and_keys_from_env(runs: dict[str, Path], monke
     ServeSettings(host="::1", no_auth=True).check()
     monkeypatch.setenv("TUNELOOP_API_KEYS", "a, b")
     assert ServeSettings(api_keys=["c"]).keys() == ["c", "a", "b"]
+    assert settings_from(port=None, max_batch=4).port == 8000  # None: not given
+    with pytest.raises(TuneloopError, match="port"):
+        settings_from(port=70_000)
 
 
 @pytest.mark.parametrize("body,status,param", [

@@ -13,6 +13,6 @@ model calls), `models` (loading and hot swap), `schemas` (request bodies).
 """
 
 from tuneloop.serve.app import create_app, serve
-from tuneloop.serve.settings import ServeSettings
+from tuneloop.serve.settings import ServeSettings, settings_from
 
-__all__ = ["ServeSettings", "create_app", "serve"]
+__all__ = ["ServeSettings", "create_app", "serve", "settings_from"]

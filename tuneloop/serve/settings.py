@@ -5,10 +5,11 @@ from __future__ import annotations
 import ipaddress
 import os
 from pathlib import Path
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from tuneloop.config import FeedbackConfig
+from tuneloop.config import FeedbackConfig, format_validation_error
 from tuneloop.errors import TuneloopError
 
 API_KEYS_ENV = "TUNELOOP_API_KEYS"
@@ -72,3 +73,15 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def settings_from(**options: Any) -> ServeSettings:
+    """ServeSettings from command-line options; None means "not given" (the default applies).
+
+    Raises:
+        TuneloopError: an option is invalid (the message names it and what is allowed).
+    """
+    try:
+        return ServeSettings(**{k: v for k, v in options.items() if v is not None})
+    except ValidationError as e:
+        raise TuneloopError(f"invalid serve options:\n{format_validation_error(e)}") from None
