@@ -341,6 +341,27 @@ def loop(
 
 
 @app.command()
+def dpo(
+    run: Path = typer.Argument(..., help="Trained run folder (LoRA or full, a language model)."),
+    pairs: Optional[Path] = typer.Option(None, help="Preference pairs JSONL ({prompt, chosen, rejected}; `feedback export` writes preferences.jsonl)."),
+    beta: Optional[float] = typer.Option(None, help="DPO temperature (default train.dpo.beta)."),
+    lr: Optional[float] = typer.Option(None, help="Peak learning rate (default train.dpo.lr)."),
+    epochs: Optional[float] = typer.Option(None, help="Passes over the pairs."),
+    undo: bool = typer.Option(False, "--undo", help="Put the SFT model (RUN/model_sft) back."),
+) -> None:
+    """Tune a trained run on preference pairs with DPO; the SFT model is kept in RUN/model_sft."""
+    from tuneloop import dpo as dpo_stage
+
+    if undo:
+        console.print(f"restored {dpo_stage.undo(run)}")
+        return
+    if pairs is None:
+        raise TuneloopError("give --pairs FILE with preference pairs (or --undo)")
+    cfg = load_config(run / "config.yaml", {"train.dpo.beta": beta, "train.dpo.lr": lr, "train.dpo.epochs": epochs})
+    console.print(dpo_stage.run(run, pairs, cfg.train.dpo).summary())
+
+
+@app.command()
 def export(
     run: Path = typer.Argument(..., help="Run folder."),
     out: Optional[Path] = typer.Option(None, help="Output folder (default: RUN/merged)."),
