@@ -100,3 +100,32 @@ def test_loop_promotes_a_better_candidate_and_keeps_a_worse_one(setup: tuple[Run
     assert any("did not rise" in r or "fell" in r for r in third.decision["reasons"])
     assert reg.promoted().name == d["candidate"]  # the better model stays served
     assert reg.history()[-1]["action"] == "keep"
+
+
+def test_a_generate_round_trains_dpo_on_preference_feedback(tiny_llama: Path, tmp_path: Path) -> None:
+    from tiny import write_data
+
+    data = write_data(tmp_path / "toy", "generate", n_train=48, n_val=16)
+    cfg = load_config(None, {
+        "task": "generate", "base": str(tiny_llama), "seed": 0, "prepare.inputs": [str(data / "train.jsonl")],
+        "prepare.test_file": str(data / "test.jsonl"), "prepare.near_dup": False, "train.max_steps": 4, "train.threads": 1,
+        "train.precision": "fp32", "train.lr": 1e-2, "train.dpo.epochs": 1, "eval.base_too": False, "eval.max_new_tokens": 8,
+        "eval.bootstrap": 0, "fairness.benchmark": "none", "feedback.db": tmp_path / "fb.db", "loop.out": tmp_path / "loop",
+        "loop.registry": f"sqlite:///{tmp_path}/reg.db",
+    })
+    store = FeedbackStore(cfg.feedback.db)
+    for i, word in enumerate(["happy", "love", "sad", "hate"]):
+        messages = [{"role": "user", "content": f"is this happy: the {word} film number {i}"}]
+        right = "yes it is" if word in ("happy", "love") else "no it is not"
+        wrong = "no it is not" if right == "yes it is" else "yes it is"
+        rid = store.record_response(model="served", kind="chat", request={"messages": messages},
+                                    response={"choices": [{"message": {"role": "assistant", "content": wrong}}]})
+        store.add_feedback(response_id=rid, rating="down", corrected=right)
+
+    result = loop.run(cfg)
+    run = result.round_dir / "run"
+    assert result.decision["feedback"]["pairs"]["written"] == 4 and result.decision["metric"] == "loss"
+    assert json.loads((run / "dpo_summary.json").read_text())  # the pairs trained the model with DPO
+    assert (run / "model_sft").is_dir() and result.decision["decision"] == "promote"
+    train_rows = (result.round_dir / "data" / "train.jsonl").read_text()
+    assert "the happy film number 0" in train_rows  # the corrections became SFT examples too
