@@ -6,7 +6,7 @@ the same number of steps; each system in its own process. tuneloop runs `tuneloo
 `train.classify_as: head` and its defaults (bf16 where the CPU has it); the HF Trainer runs with
 bf16 too. Reported: training examples per second (model loading excluded) and peak RSS.
 
-Usage: `python bench/classify.py [--steps 20]`. Writes `bench/results/classify.json`.
+Usage: `python bench/classify.py [--steps 12]`. Writes `bench/results/classify.json`.
 """
 
 from __future__ import annotations
@@ -75,7 +75,7 @@ def run_hf_trainer(data: Path, out: Path, steps: int) -> dict[str, Any]:
 def main() -> None:
     """Run both systems in child processes; print and write the comparison."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--steps", type=int, default=5 if common.QUICK else 20)
+    p.add_argument("--steps", type=int, default=4 if common.QUICK else 12)
     p.add_argument("--work", type=Path, default=Path("runs/bench-classify"))
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     a = p.parse_args()

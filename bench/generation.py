@@ -7,7 +7,7 @@ left padding; the peer calls `model.generate` per prompt. Tokens are counted the
 (the answer text re-tokenized, plus its end-of-turn token when it stopped early). The two
 alternate (`--rounds`) in one process; the best round of each counts.
 
-Usage: `python bench/generation.py [--prompts 32 --batch-size 16 --max-new-tokens 48]`.
+Usage: `python bench/generation.py [--prompts 16 --batch-size 16 --max-new-tokens 32]`.
 Writes `bench/results/generation.json`.
 """
 
@@ -66,9 +66,9 @@ def main() -> None:
     from tuneloop.evaluate import predict
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--prompts", type=int, default=8 if common.QUICK else 32)
+    p.add_argument("--prompts", type=int, default=8 if common.QUICK else 16)
     p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--max-new-tokens", type=int, default=16 if common.QUICK else 48)
+    p.add_argument("--max-new-tokens", type=int, default=16 if common.QUICK else 32)
     p.add_argument("--rounds", type=int, default=1 if common.QUICK else 2)
     a = p.parse_args()
     loaded = _loaded()

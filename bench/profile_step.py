@@ -120,7 +120,7 @@ def run_child(mode: str, work: Path, steps: int) -> dict[str, Any]:
 def main() -> None:
     """Profile with torch.profiler in one process, then sample another with py-spy."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--steps", type=int, default=1 if common.QUICK else 3)
+    p.add_argument("--steps", type=int, default=1 if common.QUICK else 2)
     p.add_argument("--work", type=Path, default=Path("runs/bench-profile"))
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     a = p.parse_args()

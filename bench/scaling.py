@@ -4,11 +4,11 @@ Sequence length: SmolLM2-135M-Instruct at 128, 256, 512, 1024 and 2048 tokens pe
 Model size: Llama models built from a config with SmolLM2's tokenizer and 49k vocabulary (tied
 embeddings, random weights: speed and memory do not depend on the values) of about 10M and 30M
 parameters, and the real 135M, at length 512. Every example is exactly the given length (FiQA
-answers concatenated, then truncated), LoRA r=16 on all linear layers, batch 4, bf16 as tuneloop
+answers concatenated, then truncated), LoRA r=16 on all linear layers, batch 2, bf16 as tuneloop
 chooses; each point is its own process (its own peak RSS). Tokens/s is the median over the steps
 after the first (warm-up).
 
-Usage: `python bench/scaling.py [--steps 4]`. Writes `bench/results/scaling.json`,
+Usage: `python bench/scaling.py [--steps 3]`. Writes `bench/results/scaling.json`,
 `scaling_seq_len.png` and `scaling_model_size.png`.
 """
 
@@ -25,7 +25,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
-BATCH = 4
+BATCH = 2
 SEQ_LENS = [128, 256, 512, 1024, 2048]
 # hidden, layers, heads, kv heads, MLP width: ~10M and ~30M parameters with the 49k vocabulary.
 SIZES = {"10M": (192, 2, 3, 1, 512), "30M": (384, 6, 6, 2, 1024)}
@@ -114,7 +114,7 @@ def plot(points: list[dict[str, Any]], x: str, out: Path, xlabel: str, log_x: bo
 def main() -> None:
     """Run every point in its own process; write the JSON and the two plots."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--steps", type=int, default=2 if common.QUICK else 4)
+    p.add_argument("--steps", type=int, default=2 if common.QUICK else 3)
     p.add_argument("--work", type=Path, default=Path("runs/bench-scaling"))
     p.add_argument("--child", nargs=2, default=None, help=argparse.SUPPRESS)
     a = p.parse_args()

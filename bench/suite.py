@@ -22,6 +22,7 @@ import common  # noqa: E402
 HERE = Path(__file__).resolve().parent
 ORDER = ["sft", "mfu", "classify", "generation", "scaling", "profile_step"]
 BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
+PBEGIN, PEND = "<!-- profile:begin -->", "<!-- profile:end -->"
 
 
 def _result(name: str) -> dict[str, Any]:
@@ -77,13 +78,40 @@ def table() -> str:
     return "\n".join(lines)
 
 
+def profile_md() -> str:
+    """Phase times, the top torch.profiler operators and py-spy's top functions of the latest profile."""
+    prof = _result("profile")
+    ph = prof.get("profile", {}).get("phases", [])
+    lines = []
+    if ph:
+        keys = ("collate", "forward", "backward", "clip", "optimizer")
+        total = sum(p[k] for p in ph for k in keys)
+        lines.append("Phases (" + f"{len(ph)} steps, {ph[0]['tokens']} tokens each, shared prefix {ph[0]['prefix_shared']} tokens): "
+                     + ", ".join(f"{k} {100 * sum(p[k] for p in ph) / total:.1f}%" for k in keys) + ".")
+        lines.append("")
+    ops = prof.get("profile", {}).get("torch_profiler_top", [])[:10]
+    spy = prof.get("py_spy", {}).get("self", [])[:10]
+    lines += ["| torch.profiler operator (self CPU) | share | py-spy function (own time, in the step) | share |",
+              "|---|---|---|---|"]
+    for i in range(max(len(ops), len(spy))):
+        o = ops[i] if i < len(ops) else {}
+        f = spy[i] if i < len(spy) else {}
+        lines.append(f"| `{o.get('op', '')}` ({o.get('calls', '')} calls) | {_fmt(100 * o['share'], '.1f') + '%' if o else ''} | "
+                     f"`{f.get('function', '')}` | {_fmt(100 * f['share'], '.1f') + '%' if f else ''} |")
+    return "\n".join(lines)
+
+
+def _replace(text: str, begin: str, end: str, body: str) -> str:
+    head, _, rest = text.partition(begin)
+    _, _, tail = rest.partition(end)
+    return f"{head}{begin}\n{body}\n{end}{tail}"
+
+
 def write_readme() -> None:
-    """Replace the table between the result markers of bench/README.md."""
+    """Replace the generated parts of bench/README.md (between the result and profile markers)."""
     readme = HERE / "README.md"
-    text = readme.read_text()
-    head, _, rest = text.partition(BEGIN)
-    _, _, tail = rest.partition(END)
-    readme.write_text(f"{head}{BEGIN}\n{table()}\n{END}{tail}")
+    text = _replace(readme.read_text(), BEGIN, END, table())
+    readme.write_text(_replace(text, PBEGIN, PEND, profile_md()))
 
 
 def main() -> None:
