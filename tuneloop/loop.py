@@ -48,10 +48,18 @@ class LoopResult:
         if d.get("mcnemar"):
             t.add_row("McNemar p", f"{d['mcnemar']['pvalue']:.3g} (alpha {d.get('alpha')})")
         t.add_row("fairness", "passed" if d.get("fairness_passed", True) else "FAILED: " + "; ".join(d.get("fairness_failures", [])))
-        t.add_row("feedback used", json.dumps(d.get("feedback", {})))
+        t.add_row("feedback used", feedback_line(d.get("feedback", {})))
         for r in d.get("reasons", []):
             t.add_row("reason", r)
         return t
+
+
+def feedback_line(counts: dict[str, Any]) -> str:
+    """One line about what the curated feedback gave (from `feedback export`'s report.json)."""
+    if "feedback_read" not in counts:
+        return counts.get("note", "none")
+    return (f"{counts['examples']['written']} examples and {counts['pairs']['written']} preference pairs "
+            f"from {counts['feedback_read']} ratings")
 
 
 def _fmt(v: Any) -> str:

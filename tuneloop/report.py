@@ -398,7 +398,9 @@ def _decision_section(run_dir: Path) -> list[str]:
         rows.append(["McNemar p (paired, same test rows)", f"{d['mcnemar']['pvalue']:.3g} (alpha {d.get('alpha')})"])
     if "fairness_passed" in d:
         rows.append(["fairness gate", "passed" if d["fairness_passed"] else "FAILED: " + "; ".join(d["fairness_failures"])])
-    rows += [["feedback used", json.dumps(d.get("feedback", {}))], ["frozen test set", d.get("frozen_test")]]
+    from tuneloop.loop import feedback_line
+
+    rows += [["feedback used", feedback_line(d.get("feedback", {}))], ["frozen test set", d.get("frozen_test")]]
     rows += [["reason", r] for r in d.get("reasons", [])]
     return [section("Promotion decision", table(["", ""], rows), "decision")]
 
