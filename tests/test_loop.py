@@ -93,6 +93,7 @@ def test_loop_promotes_a_better_candidate_and_keeps_a_worse_one(setup: tuple[Run
     assert "Promotion decision" in report and "PROMOTE" in report
     assert json.loads((second.round_dir / "run" / "gate.json").read_text())["decision"] == "promote"
     assert (root / "loop" / "frozen_test.jsonl").is_file() is False  # the user's own test file is the frozen one
+    assert loop.run(cfg).reused  # the served model changed, the feedback did not: still the same round
 
     _give_feedback(cfg, _rows(random.Random(2), 150, NEW), truthful=False)
     third = loop.run(cfg)

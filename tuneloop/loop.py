@@ -111,22 +111,27 @@ def _frozen_test(cfg: RunConfig, out: Path, incumbent: ModelRecord | None) -> Pa
     return None  # first round: prepare samples a test split, which is then frozen
 
 
-def _curate(cfg: RunConfig, rnd: Path, incumbent: ModelRecord | None, frozen: Path | None) -> tuple[list[Path], dict[str, Any]]:
+def _curate(cfg: RunConfig, rnd: Path, frozen: Path | None) -> tuple[list[Path], dict[str, Any]]:
     """Export the feedback into the folder `rnd`; return the non-empty files and the export's counts."""
     from tuneloop import feedback
 
     if not Path(cfg.feedback.db).is_file():
         return [], {"note": f"no feedback store at {cfg.feedback.db}"}
-    existing = []
-    if incumbent is not None and (data := (incumbent.config.get("train") or {}).get("data")):
-        existing = [p for p in (Path(data) / "train.jsonl", Path(data) / "val.jsonl") if p.is_file()]
-    labels = (incumbent.metrics.get("labels") if incumbent else None) or None
-    feedback.export(Path(cfg.feedback.db), rnd, task=cfg.task, cfg=cfg.feedback, existing=existing,
+    # The export must depend only on the feedback and the frozen test set, not on which model is
+    # served, so that a rerun without new feedback is the same round: no `existing` data (prepare
+    # removes duplicates anyway), and the labels are those of the frozen test set.
+    labels = _test_labels(frozen) if cfg.task == "classify" and frozen else None
+    feedback.export(Path(cfg.feedback.db), rnd, task=cfg.task, cfg=cfg.feedback,
                     test_files=[frozen] if frozen else [], labels=labels)
     report = rnd / "report.json"
     counts = json.loads(report.read_text(encoding="utf-8")) if report.is_file() else {}
     files = [p for p in (rnd / "feedback.jsonl", rnd / "preferences.jsonl") if p.is_file() and p.stat().st_size > 0]
     return files, counts
+
+
+def _test_labels(test: Path) -> list[str] | None:
+    rows = (json.loads(line) for line in test.read_text(encoding="utf-8").splitlines() if line.strip())
+    return sorted({str(r["label"]) for r in rows if "label" in r}) or None
 
 
 def _prepare(cfg: RunConfig, rnd: Path, sft_feedback: list[Path], frozen: Path | None) -> Path:
@@ -330,7 +335,7 @@ def run(cfg: RunConfig) -> LoopResult:
     frozen = _frozen_test(cfg, out, inc)
     staging = out / "staging"
     shutil.rmtree(staging, ignore_errors=True)
-    curated, counts = _curate(cfg, staging, inc, frozen)
+    curated, counts = _curate(cfg, staging, frozen)
     fp = _fingerprint(cfg, _inputs(cfg), curated, Path(cfg.prepare.test_file) if cfg.prepare.test_file else None)
     rnd = out / f"round-{fp[:12]}"
     if (rnd / "decision.json").is_file():
