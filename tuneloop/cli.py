@@ -213,13 +213,14 @@ def models_list(registry: Optional[str] = RegistryOpt) -> None:
 
     from tuneloop.registry import Registry
 
-    t = Table(title=f"models in {Registry(registry).url}")
-    for col in ("name", "status", "task", "accuracy", "macro-F1", "loss", "fair", "created", "path"):
-        t.add_column(col)
-    for r in Registry(registry).list():
+    reg = Registry(registry)
+    t = Table(title=f"models in {reg.url}", caption="`tuneloop models show NAME`: path, config, metrics, history")
+    for col in ("name", "status", "acc", "macro-F1", "loss", "fair", "created"):
+        t.add_column(col, no_wrap=True)
+    for r in reg.list():
         h = r.headline()
-        t.add_row(r.name, r.status, r.task, *(f"{h[k]:.4f}" if isinstance(h[k], float) else "" for k in ("accuracy", "macro_f1", "loss")),
-                  {True: "yes", False: "NO", None: ""}[h["fair"]], r.created_at, str(r.path))
+        t.add_row(r.name, r.status, *(f"{h[k]:.3f}" if isinstance(h[k], float) else "" for k in ("accuracy", "macro_f1", "loss")),
+                  {True: "yes", False: "NO", None: ""}[h["fair"]], r.created_at[5:16].replace("T", " "))
     console.print(t)
 
 
