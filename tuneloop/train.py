@@ -197,10 +197,30 @@ def _add_lora(model: torch.nn.Module, cfg: RunConfig, kind: str) -> torch.nn.Mod
         ) from None
 
 
-def _attention(device: torch.device, max_length: int) -> str:
-    # On CPU, sdpa's flash-attention backward took a quarter of a short-sequence step; plain
-    # matmul attention is faster there while its (batch x heads x length^2) scores stay small.
-    return "eager" if device.type == "cpu" and max_length <= 128 else "sdpa"
+#: Most memory eager attention may keep for backward (its fp32 probabilities, all layers) before sdpa is used.
+EAGER_SCORES_BYTES = 2.5 * 2**30
+
+
+def _attention(device: torch.device, max_length: int, batch_size: int = 1, base_path: Path | str | None = None) -> str:
+    """`eager` or `sdpa` attention for training on `device`.
+
+    On CPU, sdpa's flash-attention backward took a quarter of a short step, and at length 512
+    eager was 1.15-1.55x faster per step (bench/README.md) — but eager keeps batch x heads x
+    length^2 fp32 probabilities per layer for backward, so it is used only while those fit in
+    `EAGER_SCORES_BYTES` (SmolLM2 at 8 x 512: 2.3 GB).
+    """
+    if device.type != "cpu":
+        return "sdpa"
+    heads_layers = 9 * 30  # SmolLM2's, when the base's config cannot be read
+    if base_path is not None and Path(base_path).is_dir():
+        from transformers import AutoConfig
+
+        try:
+            c = AutoConfig.from_pretrained(base_path)
+            heads_layers = c.num_attention_heads * c.num_hidden_layers
+        except (OSError, ValueError, AttributeError):
+            pass
+    return "eager" if batch_size * heads_layers * max_length**2 * 4 <= EAGER_SCORES_BYTES else "sdpa"
 
 
 def _build_model(cfg: RunConfig, base_path: Path | str, kind: str, labels: list[str] | None, tokenizer: Any,
@@ -214,7 +234,7 @@ def _build_model(cfg: RunConfig, base_path: Path | str, kind: str, labels: list[
     lora = cfg.train.method == "lora"
     model = models.load_model(
         base_path, kind, labels=labels, pad_token_id=tokenizer.pad_token_id, trust_remote_code=cfg.trust_remote_code,
-        dtype=torch.bfloat16 if lora and bf16 else torch.float32, attn_implementation=_attention(device, cfg.train.max_length),
+        dtype=torch.bfloat16 if lora and bf16 else torch.float32, attn_implementation=_attention(device, cfg.train.max_length, cfg.train.batch_size, base_path),
     )
     model.config.use_cache = False  # a KV cache in training breaks packed-sequence isolation
     if cfg.train.gradient_checkpointing:
@@ -310,7 +330,9 @@ class _Trainer:
         self.model = _build_model(cfg, self.base_path, self.kind, self.labels, self.tokenizer, device, bf16).to(device)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         distributed.replicate(self.params)
-        self.optimizer = torch.optim.AdamW(self.params, lr=t.lr, weight_decay=t.weight_decay)
+        # One fused kernel over all tensors instead of ~10 small ops per tensor (LoRA has ~420 of them).
+        fused = self.ex.device.type in ("cpu", "cuda")
+        self.optimizer = torch.optim.AdamW(self.params, lr=t.lr, weight_decay=t.weight_decay, fused=fused)
         self._order: tuple[int, list[list[list[int]]]] = (-1, [])
         self.batches_per_epoch = len(self._epoch(0))
         steps_per_epoch = math.ceil(self.batches_per_epoch / t.grad_accum)
