@@ -153,7 +153,7 @@ def bench(endpoint: str, run: str, args: argparse.Namespace, folder: Path) -> di
 
 
 def main() -> None:
-    """Parse arguments, run every requested benchmark, write bench/results/serve.json."""
+    """Parse arguments, run every requested benchmark, write bench/results/NAME.json (default serve.json)."""
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--classify", help="classify run folder (head or classify-as-generate)")
     p.add_argument("--chat", help="generate run folder")
@@ -163,15 +163,16 @@ def main() -> None:
     p.add_argument("--max-batch", type=int, default=16, help="server --max-batch with batching on")
     p.add_argument("--batch-wait-ms", type=float, default=10.0, help="server --batch-wait-ms")
     p.add_argument("--threads", type=int, default=None, help="server --threads (torch threads; default: all cores)")
+    p.add_argument("--name", default="serve", help="result file name: bench/results/NAME.json")
     args = p.parse_args()
     if not args.classify and not args.chat:
         p.error("give --classify RUN and/or --chat RUN")
-    report: dict[str, Any] = {"settings": {k: v for k, v in vars(args).items() if k not in ("classify", "chat")}}
+    report: dict[str, Any] = {"settings": {k: v for k, v in vars(args).items() if k not in ("classify", "chat", "name")}}
     with tempfile.TemporaryDirectory() as tmp:
         for endpoint, run in (("classify", args.classify), ("chat", args.chat)):
             if run:
                 report[endpoint] = bench(endpoint, run, args, Path(tmp))
-    write_result("serve", report)
+    write_result(args.name, report)
 
 
 if __name__ == "__main__":
