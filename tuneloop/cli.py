@@ -101,6 +101,7 @@ def train(
     precision: Optional[str] = typer.Option(None, help="auto, bf16 or fp32."),
     packing: Optional[bool] = typer.Option(None, "--packing/--no-packing", help="Pack examples into sequences."),
     gradient_checkpointing: Optional[bool] = typer.Option(None, "--gradient-checkpointing/--no-gradient-checkpointing"),
+    attention: Optional[str] = typer.Option(None, help="auto, eager (faster on CPU, more memory) or sdpa."),
     eval_every: Optional[int] = typer.Option(None, help="Validate every N steps."),
     patience: Optional[int] = typer.Option(None, help="Early-stopping patience in validations."),
     save_every: Optional[int] = typer.Option(None, help="Checkpoint every N steps."),
@@ -119,7 +120,7 @@ def train(
             "train.classify_as": classify_as, "train.epochs": epochs, "train.max_steps": max_steps, "train.lr": lr,
             "train.batch_size": batch_size, "train.grad_accum": grad_accum, "train.max_length": max_length,
             "train.lora.r": lora_r, "train.lora.alpha": lora_alpha, "train.precision": precision,
-            "train.packing": packing, "train.gradient_checkpointing": gradient_checkpointing,
+            "train.packing": packing, "train.gradient_checkpointing": gradient_checkpointing, "train.attention": attention,
             "train.eval_every": eval_every, "train.patience": patience, "train.save_every": save_every,
             "train.nproc": nproc,
         })

@@ -115,6 +115,8 @@ class TrainConfig(_Section):
     packing: bool = Field(False, description="Pack several examples into one sequence (isolated attention).")
     group_by_length: bool = Field(True, description="Batch examples of similar length to avoid padding waste.")
     gradient_checkpointing: bool = Field(False, description="Recompute activations in backward to save memory.")
+    attention: Literal["auto", "eager", "sdpa"] = Field(
+        "auto", description="Attention kernel; auto: eager on CPU while its saved probabilities fit 2.5 GB (faster, more memory), else sdpa.")
     share_prefix: bool = Field(
         True, description="Run a prompt prefix that a whole micro-batch shares once and reuse its keys/values (exact; causal LM without packing or checkpointing)."
     )

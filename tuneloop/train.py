@@ -232,9 +232,11 @@ def _build_model(cfg: RunConfig, base_path: Path | str, kind: str, labels: list[
     """
     torch.manual_seed(cfg.seed)  # a new head and the LoRA init depend on it
     lora = cfg.train.method == "lora"
+    t = cfg.train
+    attention = _attention(device, t.max_length, t.batch_size, base_path) if t.attention == "auto" else t.attention
     model = models.load_model(
         base_path, kind, labels=labels, pad_token_id=tokenizer.pad_token_id, trust_remote_code=cfg.trust_remote_code,
-        dtype=torch.bfloat16 if lora and bf16 else torch.float32, attn_implementation=_attention(device, cfg.train.max_length, cfg.train.batch_size, base_path),
+        dtype=torch.bfloat16 if lora and bf16 else torch.float32, attn_implementation=attention,
     )
     model.config.use_cache = False  # a KV cache in training breaks packed-sequence isolation
     if cfg.train.gradient_checkpointing:
