@@ -94,6 +94,10 @@ def test_loop_promotes_a_better_candidate_and_keeps_a_worse_one(setup: tuple[Run
     assert json.loads((second.round_dir / "run" / "gate.json").read_text())["decision"] == "promote"
     assert (root / "loop" / "frozen_test.jsonl").is_file() is False  # the user's own test file is the frozen one
     assert loop.run(cfg).reused  # the served model changed, the feedback did not: still the same round
+    (second.round_dir / "decision.json").unlink()  # as if killed after promoting, before marking the round done
+    events = len(reg.history())
+    redo = loop.run(cfg)
+    assert redo.decision["decision"] == "promote" and reg.promoted().name == d["candidate"] and len(reg.history()) == events
 
     _give_feedback(cfg, _rows(random.Random(2), 150, NEW), truthful=False)
     third = loop.run(cfg)

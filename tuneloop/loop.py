@@ -353,17 +353,26 @@ def run(cfg: RunConfig) -> LoopResult:
         shutil.copyfile(data / "test.jsonl", frozen)
     run_dir = rnd / "run"
     _train(cfg, data, run_dir, rnd / "feedback" / pairs[0].name if pairs else None)
+    gate_path = run_dir / "gate.json"
+    if gate_path.is_file():  # decided before a crash: only the recording below may be missing
+        decision = json.loads(gate_path.read_text(encoding="utf-8"))
+    else:
+        decision = _decide(cfg, run_dir, rnd, inc, frozen)
+        decision.update({"candidate": f"{out.name}-{fp[:12]}", "fingerprint": fp, "feedback": counts})
+        _write_json(gate_path, decision)
+    _record(reg, run_dir, decision["candidate"], decision)  # idempotent: safe to repeat after a crash
+    _write_json(rnd / "decision.json", decision)  # last: its presence marks the round as decided
+    return LoopResult(rnd, decision)
+
+
+def _decide(cfg: RunConfig, run_dir: Path, rnd: Path, inc: ModelRecord | None, frozen: Path) -> dict[str, Any]:
+    """Evaluate the candidate and the served model on the frozen test set, audit fairness, and gate."""
     cand = _evaluate(run_dir, frozen)
     fairness = _fairness(cfg, run_dir, inc, frozen)
     inc_metrics, inc_correct = _incumbent_scores(inc, frozen, rnd) if inc is not None else (None, None)
     decision = gate(cfg, cand, _correct_by_id(run_dir / "eval" / "predictions.jsonl"), inc_metrics, inc_correct, fairness)
-    name = f"{out.name}-{fp[:12]}"
-    decision.update({"candidate": name, "incumbent": inc.name if inc else None, "fingerprint": fp,
-                     "frozen_test": str(frozen), "feedback": counts})
-    _record(reg, run_dir, name, decision)
-    _write_json(run_dir / "gate.json", decision)
-    _write_json(rnd / "decision.json", decision)  # last: its presence marks the round as decided
-    return LoopResult(rnd, decision)
+    decision.update({"incumbent": inc.name if inc else None, "frozen_test": str(frozen)})
+    return decision
 
 
 def _record(reg: Registry, run_dir: Path, name: str, decision: dict[str, Any]) -> None:
@@ -373,9 +382,8 @@ def _record(reg: Registry, run_dir: Path, name: str, decision: dict[str, Any]) -
     reason = "; ".join(decision["reasons"])
     if decision["decision"] == "promote":
         reg.promote(name, reason, decision)
-    else:
+    elif not any(e["action"] == "keep" and e["name"] == name for e in reg.history()):
         reg.record_event("keep", name, reason, decision)
-    _write_json(run_dir / "gate.json", decision)
     write_run_report(run_dir)
 
 
