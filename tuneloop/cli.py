@@ -322,9 +322,11 @@ def feedback_export(
     cfg = _config(config, {"task": task, "feedback.db": db})
     manifest = json.loads((data / "manifest.json").read_text(encoding="utf-8")) if data and (data / "manifest.json").is_file() else {}
     task_name = task or manifest.get("task") or cfg.task
-    split = (lambda name: [p for p in [data / f"{name}.jsonl"] if p.is_file()]) if data else (lambda name: [])
-    result = feedback.export(cfg.feedback.db, out, task=task_name, cfg=cfg.feedback, existing=split("train") + split("val"),
-                             test_files=split("test"), labels=manifest.get("labels") if task_name == "classify" else None)
+    splits = {name: data / f"{name}.jsonl" for name in ("train", "val", "test")} if data else {}
+    present = {name: [p] for name, p in splits.items() if p.is_file()}
+    result = feedback.export(cfg.feedback.db, out, task=task_name, cfg=cfg.feedback,
+                             existing=present.get("train", []) + present.get("val", []), test_files=present.get("test", []),
+                             labels=manifest.get("labels") if task_name == "classify" else None)
     console.print(result.summary())
 
 
@@ -359,7 +361,9 @@ def dpo(
         return
     if pairs is None:
         raise TuneloopError("give --pairs FILE with preference pairs (or --undo)")
-    cfg = load_config(run / "config.yaml", {"train.dpo.beta": beta, "train.dpo.lr": lr, "train.dpo.epochs": epochs})
+    from tuneloop.evaluate.stage import load_run_config
+
+    cfg = load_run_config(run, None, {"train.dpo.beta": beta, "train.dpo.lr": lr, "train.dpo.epochs": epochs})
     console.print(dpo_stage.run(run, pairs, cfg.train.dpo).summary())
 
 

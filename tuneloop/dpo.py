@@ -35,7 +35,8 @@ from tuneloop.config import DpoConfig, RunConfig, load_config
 from tuneloop.encode import IGNORE, Encoded, encode_chat, encode_classify_lm, eval_batches, length_grouped_batches
 from tuneloop.errors import TuneloopError
 from tuneloop.losses import core, decoder_hidden, linear_cross_entropy
-from tuneloop.train import META, _attention, _device, _Exec, _fp32_trainable, _meta, _quiet_transformers, _use_bf16, console
+from tuneloop.train import (META, _attention, _device, _Exec, _fp32_trainable, _meta, _optimizer, _quiet_transformers,
+                            _use_bf16, console)
 
 SFT = "model_sft"  # RUN/model_sft: the SFT model, kept so DPO can be undone and rerun from it
 # Below this many pairs every pair validates: a held-out tenth of fewer than 10 pairs says nothing.
@@ -268,10 +269,12 @@ def read_pairs(path: Path, encoder: PairEncoder) -> tuple[list[tuple[Encoded, En
 # ---------------------------------------------------------------- the model
 
 
-def _load_policy(run_dir: Path, meta: dict[str, Any], cfg: RunConfig, tokenizer: Any, ex: _Exec, max_length: int) -> torch.nn.Module:
+def _load_policy(run_dir: Path, meta: dict[str, Any], cfg: RunConfig, tokenizer: Any, ex: _Exec, max_length: int,
+                 batch_size: int) -> torch.nn.Module:
     """The SFT model as it was trained (adapter on its base, or full weights), trainable, in train mode."""
     source = run_dir / SFT
-    attn = _attention(ex.device, max_length)
+    config_from = source if meta["method"] == "full" else meta["base"]  # whose layer and head counts size attention
+    attn = _attention(ex.device, max_length, batch_size, config_from, cfg.train.attention)
     if meta["method"] == "full":
         model = models.load_model(source, "lm", trust_remote_code=cfg.trust_remote_code, attn_implementation=attn)
     else:
@@ -330,9 +333,10 @@ class _Dpo:
         device = _device()
         self.ex = _Exec("lm", device, _use_bf16(t.precision, device), self.tokenizer.pad_token_id, t.share_prefix)
         torch.manual_seed(self.run_cfg.seed)
-        self.model = _load_policy(run_dir, self.meta, self.run_cfg, self.tokenizer, self.ex, self.max_length)
+        # A micro-batch holds both answers of each pair.
+        self.model = _load_policy(run_dir, self.meta, self.run_cfg, self.tokenizer, self.ex, self.max_length, 2 * self.cfg.batch_size)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(self.params, lr=self.cfg.lr, weight_decay=t.weight_decay)
+        self.optimizer = _optimizer(self.params, self.cfg.lr, t.weight_decay, device)
         steps_per_epoch = math.ceil(len(self.train_idx) / self.cfg.batch_size)
         self.total_steps = max(1, math.ceil(self.cfg.epochs * steps_per_epoch))
         from transformers import get_scheduler

@@ -130,8 +130,9 @@ def _curate(cfg: RunConfig, rnd: Path, frozen: Path | None) -> tuple[list[Path],
 
 
 def _test_labels(test: Path) -> list[str] | None:
-    rows = (json.loads(line) for line in test.read_text(encoding="utf-8").splitlines() if line.strip())
-    return sorted({str(r["label"]) for r in rows if "label" in r}) or None
+    from tuneloop.evaluate.stage import read_jsonl
+
+    return sorted({str(r["label"]) for r in read_jsonl(test) if "label" in r}) or None
 
 
 def _prepare(cfg: RunConfig, rnd: Path, sft_feedback: list[Path], frozen: Path | None) -> Path:
@@ -153,9 +154,10 @@ def _user_fields(cfg: RunConfig, path: Path) -> Path:
     p = cfg.prepare
     if cfg.task != "classify" or (p.text_field, p.label_field) == ("text", "label"):
         return path
+    from tuneloop.evaluate.stage import read_jsonl
+
     out = path.with_name("feedback.fields.jsonl")
-    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    renamed = [{p.text_field: r.pop("text"), p.label_field: r.pop("label"), **r} for r in rows]
+    renamed = [{p.text_field: r.pop("text"), p.label_field: r.pop("label"), **r} for r in read_jsonl(path)]
     out.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in renamed), encoding="utf-8")
     return out
 
@@ -186,11 +188,11 @@ def _evaluate(run_dir: Path, frozen: Path) -> dict[str, Any]:
 
 
 def _scored_on(metrics_path: Path, test: Path) -> bool:
-    """Whether a metrics.json holds scores on exactly this test file's content."""
+    """Whether a metrics.json holds scores on exactly this test file's content (the hash recorded when it was scored)."""
     if not metrics_path.is_file():
         return False
     m = json.loads(metrics_path.read_text(encoding="utf-8"))
-    return _sha(Path(m.get("test_file", ""))) == _sha(test) and _sha(test) in (m.get("data_hashes") or {}).values()
+    return (m.get("data_hashes") or {}).get(m.get("test_file", "")) == _sha(test)
 
 
 def _incumbent_scores(inc: ModelRecord, frozen: Path, rnd: Path) -> tuple[dict[str, Any], dict[str, bool]]:
@@ -225,8 +227,9 @@ def _score_into(run_dir: Path, test: Path, out: Path) -> Path:
 
 
 def _correct_by_id(predictions: Path) -> dict[str, bool]:
-    rows = (json.loads(line) for line in predictions.read_text(encoding="utf-8").splitlines() if line.strip())
-    return {r["id"]: bool(r["tuned_correct"]) for r in rows}
+    from tuneloop.evaluate.stage import read_jsonl
+
+    return {r["id"]: bool(r["tuned_correct"]) for r in read_jsonl(predictions)}
 
 
 def metric_value(metrics: dict[str, Any], metric: str) -> float | None:

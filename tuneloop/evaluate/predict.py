@@ -59,7 +59,7 @@ def predict_head(loaded: Any, texts: Sequence[str], *, batch_size: int, desc: st
     return out
 
 
-def _stop_ids(loaded: Any) -> set[int]:
+def stop_ids(loaded: Any) -> set[int]:
     """Token ids that end an answer: the tokenizer's eos and the model's generation eos ids."""
     ids = {loaded.tokenizer.eos_token_id}
     gen_eos = getattr(loaded.model.generation_config, "eos_token_id", None)
@@ -93,7 +93,7 @@ def generate(
     tok, model = loaded.tokenizer, loaded.model
     tok.padding_side = "left"  # generation continues from the right end of every row
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-    stop = _stop_ids(loaded)
+    stop = stop_ids(loaded)
     out: list[str] = [""] * len(prompts)
     with _progress() as bar:
         task = bar.add_task(desc, total=len(prompts))

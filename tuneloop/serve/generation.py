@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
 
-from tuneloop.evaluate.predict import _stop_ids
+from tuneloop.evaluate.predict import stop_ids
 
 
 @dataclass
@@ -139,7 +139,7 @@ def generate_rows(loaded: Any, rows: Sequence[ChatRow]) -> list[ChatOut]:
     width = max(len(r.prompt_ids) for r in rows)
     ids = torch.tensor([[pad_id] * (width - len(r.prompt_ids)) + r.prompt_ids for r in rows])
     mask = torch.tensor([[0] * (width - len(r.prompt_ids)) + [1] * len(r.prompt_ids) for r in rows])
-    stop = _stop_ids(loaded)
+    stop = stop_ids(loaded)
     tracker = _RowTracker(rows, tok, stop)
     # A fresh config: the model's own defaults (sampling, penalties) must not change what was asked.
     config = GenerationConfig(max_new_tokens=max(r.max_tokens for r in rows), do_sample=False,
