@@ -40,7 +40,7 @@ def one_at_a_time(loaded: Any, prompts: list[str], max_new_tokens: int) -> list[
     from tuneloop.evaluate import predict
 
     tok, model, out = loaded.tokenizer, loaded.model, []
-    stop = predict._stop_ids(loaded)
+    stop = predict.stop_ids(loaded)
     with torch.inference_mode():
         for p in prompts:
             enc = tok(p, add_special_tokens=False, return_tensors="pt")
