@@ -1,6 +1,6 @@
-"""Is "better" really better? Bootstrap confidence intervals and McNemar's paired test.
+"""Is "better" really better? Bootstrap intervals, McNemar's test and paired tests of per-example scores.
 
-Both work on per-example outcomes of the same test set, so they account for its size: a gain of
+All work on per-example outcomes of the same test set, so they account for its size: a gain of
 two points on 50 examples is noise, on 5,000 it is not.
 """
 
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from scipy import stats
@@ -107,3 +107,99 @@ def mcnemar(correct_a: Sequence[bool], correct_b: Sequence[bool]) -> McNemarResu
         return McNemarResult(only_a, only_b, float(k), float(stats.binomtest(k, discordant, 0.5).pvalue), "exact")
     chi2 = (abs(only_a - only_b) - 1) ** 2 / discordant
     return McNemarResult(only_a, only_b, float(chi2), float(stats.chi2.sf(chi2, df=1)), "chi2")
+
+
+@dataclass(frozen=True)
+class PairedResult:
+    """A paired test of two systems' per-example scores on the same examples.
+
+    Attributes:
+        metric: Name of the per-example score (e.g. "token_f1"), for the evidence.
+        method: "wilcoxon" (signed-rank) or "bootstrap" (paired bootstrap of the mean difference).
+        n: Number of paired examples.
+        mean_a: Mean score of system A.
+        mean_b: Mean score of system B.
+        diff: `mean(b - a)`; positive means B scored higher (better for a higher-is-better metric).
+        ci_low: Lower end of the paired bootstrap 95% interval of `diff`.
+        ci_high: Upper end of that interval.
+        pvalue: Two-sided p-value of "A and B score the same".
+    """
+
+    metric: str
+    method: str
+    n: int
+    mean_a: float
+    mean_b: float
+    diff: float
+    ci_low: float
+    ci_high: float
+    pvalue: float
+
+    def to_dict(self) -> dict[str, Any]:
+        """The fields as a JSON-ready dict."""
+        return asdict(self)
+
+
+def paired_test(
+    a: Sequence[float],
+    b: Sequence[float],
+    *,
+    metric: str = "",
+    method: Literal["wilcoxon", "bootstrap"] = "wilcoxon",
+    n_boot: int = 2000,
+    seed: int = 0,
+) -> PairedResult:
+    """Do B's per-example scores differ from A's on the same examples?
+
+    The interval is always the percentile bootstrap of the mean difference (examples resampled
+    with replacement, so pairs stay pairs). The p-value is the Wilcoxon signed-rank test of the
+    differences (scipy.stats.wilcoxon; zero differences dropped), or, with `method="bootstrap"`,
+    twice the smaller share of bootstrap means on either side of 0 — so p < 0.05 exactly when the
+    95% interval excludes 0. Identical scores give p = 1, never NaN; one example proves nothing (p = 1).
+
+    Args:
+        a: Per-example scores of system A (e.g. the served model).
+        b: Per-example scores of system B (e.g. the candidate), in the same example order.
+        metric: Name of the score, carried into the result.
+        method: "wilcoxon" or "bootstrap" (which p-value).
+        n_boot: Bootstrap resamples for the interval (and the bootstrap p-value).
+        seed: Seed of the resampling (the same seed gives the same result).
+
+    Returns:
+        A PairedResult.
+
+    Raises:
+        ValueError: If the lengths differ, there are no examples, or a score is not finite.
+
+    >>> r = paired_test([0.1, 0.2, 0.3, 0.4, 0.5, 0.6], [0.3, 0.5, 0.4, 0.8, 0.9, 0.7], metric="f1")
+    >>> round(r.diff, 3), round(r.pvalue, 4), r.ci_low > 0
+    (0.25, 0.0312, True)
+    """
+    if method not in ("wilcoxon", "bootstrap"):
+        raise ValueError(f"paired_test: method must be 'wilcoxon' or 'bootstrap', not {method!r}")
+    if len(a) != len(b):
+        raise ValueError(f"paired_test: the systems were scored on different numbers of examples ({len(a)} vs {len(b)})")
+    if len(a) == 0:
+        raise ValueError("paired_test: no examples to compare")
+    xa, xb = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if not (np.isfinite(xa).all() and np.isfinite(xb).all()):
+        raise ValueError(f"paired_test: {metric or 'a score'} is NaN or infinite for some example; fix the scores first")
+    d = xb - xa
+    diff = float(d.mean())
+    if len(d) == 1 or not d.any():
+        # Nothing to resample or nothing differs: the honest p-value is 1 (no evidence of a difference).
+        return PairedResult(metric, method, len(d), float(xa.mean()), float(xb.mean()), diff, diff, diff, 1.0)
+    boot = stats.bootstrap(
+        (d,), np.mean, n_resamples=n_boot, confidence_level=0.95, method="percentile", rng=np.random.default_rng(seed)
+    )
+    if method == "wilcoxon":
+        pvalue = float(stats.wilcoxon(d).pvalue)
+    else:
+        means = boot.bootstrap_distribution
+        tail = min(int((means <= 0).sum()), int((means >= 0).sum()))
+        # +1 in numerator and denominator: the observed sample counts as one resample, so p is never 0.
+        pvalue = min(1.0, 2 * (tail + 1) / (len(means) + 1))
+    return PairedResult(
+        metric, method, len(d), float(xa.mean()), float(xb.mean()), diff,
+        float(boot.confidence_interval.low), float(boot.confidence_interval.high), pvalue,
+    )
