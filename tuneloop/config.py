@@ -27,7 +27,7 @@ class PrepareConfig(_Section):
     inputs: list[str] = Field(default_factory=list, description="Data files or globs (JSONL, JSON, CSV/TSV, Parquet).")
     out: Path | None = Field(None, description="Folder for train/val/test.jsonl, rejects.jsonl, manifest.json, report.html.")
     format: Literal["auto", "messages", "alpaca", "sharegpt", "prompt_completion", "text_label"] = Field(
-        "auto", description="Record format; `auto` detects it per file from the fields most of its first 1,000 rows have."
+        "auto", description="Record format; `auto` detects it per row from the fields the row has."
     )
     text_field: str = Field("text", description="Field holding the text (classify).")
     label_field: str = Field("label", description="Field holding the label (classify).")

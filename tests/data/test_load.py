@@ -39,11 +39,15 @@ def test_json_array_and_json_that_is_really_jsonl(tmp_path: Path) -> None:
     assert [r.obj for r in read_rows(str(lines))] == [{"text": "a"}, {"text": "b"}]
 
 
-def test_broken_json_file_is_one_rejected_row(tmp_path: Path) -> None:
+def test_broken_json_file_keeps_the_elements_before_the_break(tmp_path: Path) -> None:
     p = tmp_path / "a.json"
     p.write_text('[{"text": "a"},\n {"text": ]')
+    first, broken = read_rows(str(p))
+    assert first.obj == {"text": "a"}
+    assert broken.error.kind == "invalid JSON" and broken.line == 2 and "line 2" in broken.error.reason
+    p.write_text('{"text": ]')
     (row,) = read_rows(str(p))
-    assert row.error.kind == "invalid JSON" and row.line == 2
+    assert row.error.kind == "invalid JSON" and row.line == 1
 
 
 def test_csv_and_tsv(tmp_path: Path) -> None:

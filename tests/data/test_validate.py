@@ -2,7 +2,7 @@ from typing import Any
 
 import pytest
 
-from tuneloop.data.validate import Invalid, detect_format, pick_format, to_example
+from tuneloop.data.validate import Invalid, detect_format, to_example
 
 USER, BOT = {"role": "user", "content": "Hi?"}, {"role": "assistant", "content": "Hello."}
 
@@ -87,9 +87,8 @@ def test_turns_after_the_last_answer_are_trimmed_and_counted() -> None:
     assert ex.messages[-1]["role"] == "assistant" and ex.trimmed == 1
 
 
-def test_format_detection_votes_over_rows() -> None:
+def test_format_detection_from_a_rows_fields() -> None:
     assert detect_format({"prompt": "a", "completion": "b"}) == "prompt_completion"
+    assert detect_format({"conversations": []}) == "sharegpt"
+    assert detect_format({"instruction": "x"}) == "alpaca"
     assert detect_format({"text": "a"}) is None
-    sample = [{"messages": []}, {"instruction": "x"}, {"instruction": "y", "output": "z"}]
-    assert pick_format(sample) == "alpaca"
-    assert pick_format([{"text": "x"}]) is None

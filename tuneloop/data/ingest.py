@@ -8,12 +8,10 @@ a row. A rejected row goes straight to rejects.jsonl. Memory therefore does not 
 from __future__ import annotations
 
 import json
-import re
 from array import array
 from collections import Counter, defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
-from itertools import islice
 from time import perf_counter
 from typing import Any, TextIO
 
@@ -26,12 +24,10 @@ from tuneloop.data.dedup import content_id, id_key
 from tuneloop.data.lengths import LengthMeter
 from tuneloop.data.load import RawRow, read_rows, sha256_file
 from tuneloop.data.lsh import Signer, shingles
-from tuneloop.data.validate import Example, Invalid, pick_format, to_example
+from tuneloop.data.validate import GENERATE_FORMATS, Example, Invalid, detect_format, to_example
 from tuneloop.errors import TuneloopError
 
 CHUNK = 4096  # rows measured and signed together (tokenizers and numpy like batches)
-SAMPLE = 1000  # rows per file that vote on its format
-_SURROGATE = re.compile(r"[\ud800-\udfff]")
 _EMPTIED = "is empty after cleaning (it held only HTML, control characters or spaces)"
 _UNKNOWN_FORMAT = (
     "no known record format: expected 'messages', 'conversations' (ShareGPT), "
@@ -112,23 +108,30 @@ class Ingest:
             path: The file.
             group: 0 for training data, 1 for a user-given test file.
         """
-        fmt = self.file_format(path)
+        fixed = self.fixed_format()
+        formats: Counter[str] = Counter()  # of the rows that passed validation
         read_before, kept_before = self.counts["read"], self.counts["valid"]
         self.laps.start()
         for raw in read_rows(path):
             self.laps.lap("read")
             self.counts["read"] += 1
-            self._chunk.append((raw, self._row(raw, fmt)))
+            # Detected per row: one file may mix formats (messages rows appended to an alpaca set).
+            fmt = fixed or (detect_format(raw.obj) if raw.obj is not None else None)
+            ex = self._row(raw, fmt)
+            if isinstance(ex, Example):
+                formats[fmt] += 1
+            self._chunk.append((raw, ex))
             if len(self._chunk) >= CHUNK:
                 self._flush(group)
         self._flush(group)
         self.files.append({
-            "path": path, "sha256": sha256_file(path), "format": fmt, "role": "test" if group else "data",
+            "path": path, "sha256": sha256_file(path), "role": "test" if group else "data",
+            "format": fixed or "+".join(f for f in GENERATE_FORMATS if formats[f]) or "unknown",
             "rows": self.counts["read"] - read_before, "valid": self.counts["valid"] - kept_before,
         })
 
-    def file_format(self, path: str) -> str:
-        """The record format of a file: fixed by the task or config, else voted by its first rows.
+    def fixed_format(self) -> str | None:
+        """The record format fixed by the task or config, or None when each row's fields decide it.
 
         Raises:
             TuneloopError: the configured format does not fit the task.
@@ -141,19 +144,15 @@ class Ingest:
             return "text_label"
         if fmt == "text_label":
             raise TuneloopError("format 'text_label' is classification data; use --task classify")
-        if fmt != "auto":
-            return fmt
-        sample = (r.obj for r in islice(read_rows(path), SAMPLE) if r.obj is not None)
-        return pick_format(sample) or "unknown"
+        return None if fmt == "auto" else fmt
 
-    def _row(self, raw: RawRow, fmt: str) -> Example | Invalid:
+    def _row(self, raw: RawRow, fmt: str | None) -> Example | Invalid:
         if raw.error is not None:
             return raw.error
         try:
-            if fmt == "unknown":
+            if fmt is None:
                 raise self._unknown_format(raw.obj or {})
             ex = to_example(raw.obj or {}, fmt, self.p.text_field, self.p.label_field)
-            _check_unicode(ex)
             self.laps.lap("validate")
             self._clean(ex)
             self.laps.lap("clean")
@@ -293,11 +292,3 @@ class Ingest:
 def _dedup_text(ex: Example) -> str:
     return ex.text if not ex.messages else "\n".join(m["content"] for m in ex.messages)
 
-
-def _check_unicode(ex: Example) -> None:
-    texts = [ex.text, ex.label or ""] + [m["content"] for m in ex.messages]
-    texts += [v for v in ex.meta.values() if isinstance(v, str)]
-    for t in texts:
-        if _SURROGATE.search(t):
-            reason = "text holds an unpaired surrogate (a broken \\ud800-\\udfff escape); fix the source text"
-            raise Invalid("invalid Unicode", reason)

@@ -1,9 +1,10 @@
 """Read data files row by row: JSONL, JSON (array), CSV/TSV and Parquet, one file or a glob.
 
 Every row comes out as a `RawRow` with its file and 1-based line (or row) number. A row that
-cannot be parsed (bad JSON, bytes that are not UTF-8, a CSV row with the wrong number of fields)
-comes out too, with `error` set, so that the caller can reject it and carry on: one bad row
-never stops a file.
+cannot be parsed (bad JSON, bytes that are not UTF-8, a lone surrogate, nesting deeper than
+`MAX_DEPTH`, broken CSV quoting, a CSV row with the wrong number of fields) comes out too, with
+`error` set, so that the caller can reject it and carry on: one bad row never stops a file.
+A UTF-8 byte-order mark at the start of a file is skipped.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import csv
 import glob
 import hashlib
 import json
+import re
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -25,6 +27,12 @@ from tuneloop.errors import TuneloopError
 
 READERS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".csv": "csv", ".tsv": "tsv", ".parquet": "parquet"}
 _PARQUET_BATCH = 8192
+MAX_DEPTH = 64  # arrays/objects nested deeper than this are no training record, and later stages recurse
+_BOM = b"\xef\xbb\xbf"  # Windows tools start UTF-8 files with it
+_SURROGATE = re.compile(r"[\ud800-\udfff]")  # JSON escapes can spell them; UTF-8 (and so our files) cannot
+_WS = re.compile(r"[ \t\n\r]*")
+_JSON_TOKEN = re.compile(r'"(?:[^"\\]|\\.)*"|[\[\]{}]')  # strings (skipped whole) and brackets
+_DECODER = json.JSONDecoder()
 
 
 @dataclass(slots=True)
@@ -119,11 +127,49 @@ def _utf8_error(err: UnicodeDecodeError, where: str = "") -> Invalid:
     return Invalid("not UTF-8", reason)
 
 
-def _as_object(source: str, line: int, value: Any, nbytes: int = 0) -> RawRow:
-    if isinstance(value, dict):
-        return RawRow(source, line, value, value, None, nbytes)
-    error = Invalid("not an object", f"expected a JSON object, got {_json_type(value)}")
-    return RawRow(source, line, None, value, error, nbytes)
+def _as_object(source: str, line: int, value: Any, nbytes: int = 0, text: str = "") -> RawRow:
+    """A parsed value as a row: an object that later stages can handle, else an error row.
+
+    `text` is the value as written in the file, shown in the rejects file when the value is refused.
+    """
+    if not isinstance(value, dict):
+        error = Invalid("not an object", f"expected a JSON object, got {_json_type(value)}")
+        return RawRow(source, line, None, value, error, nbytes)
+    error = _check_value(value)
+    if error is not None:
+        return RawRow(source, line, None, text.rstrip("\r\n"), error, nbytes)
+    return RawRow(source, line, value, value, None, nbytes)
+
+
+def _check_value(value: Any) -> Invalid | None:
+    """What in a parsed record would break a later stage: a lone surrogate, or deep nesting.
+
+    Walks the record without recursion (the nesting is what is being checked).
+    """
+    stack = [(value, 1)]
+    while stack:
+        v, depth = stack.pop()
+        if isinstance(v, str):
+            if _SURROGATE.search(v):
+                return _surrogate_error()
+        elif isinstance(v, (dict, list)):
+            if depth > MAX_DEPTH:
+                return _too_deep()
+            if isinstance(v, dict):
+                if any(_SURROGATE.search(k) for k in v):
+                    return _surrogate_error()
+                v = v.values()
+            stack.extend((x, depth + 1) for x in v)
+    return None
+
+
+def _surrogate_error() -> Invalid:
+    reason = "holds an unpaired surrogate (a broken \\ud800-\\udfff escape) in a key or value; fix the source text"
+    return Invalid("invalid Unicode", reason)
+
+
+def _too_deep() -> Invalid:
+    return Invalid("too deeply nested", f"arrays or objects are nested more than {MAX_DEPTH} levels deep; flatten the record")
 
 
 def _json_type(value: Any) -> str:
@@ -141,12 +187,16 @@ def _parse_json_line(source: str, line: int, data: bytes) -> RawRow:
     except json.JSONDecodeError as e:
         error = Invalid("invalid JSON", f"invalid JSON: {e.msg} (column {e.colno})")
         return RawRow(source, line, None, text.rstrip("\r\n"), error, len(data))
-    return _as_object(source, line, value, len(data))
+    except RecursionError:  # nesting deeper than the parser's stack
+        return RawRow(source, line, None, text.rstrip("\r\n"), _too_deep(), len(data))
+    return _as_object(source, line, value, len(data), text)
 
 
 def _read_jsonl(path: str) -> Iterator[RawRow]:
     with open(path, "rb") as f:
         for line, data in enumerate(f, 1):
+            if line == 1 and data.startswith(_BOM):
+                data = data[len(_BOM) :]
             if data.strip():  # blank lines separate nothing in JSONL; skipping them is not an error
                 yield _parse_json_line(path, line, data)
 
@@ -154,10 +204,14 @@ def _read_jsonl(path: str) -> Iterator[RawRow]:
 def _read_json(path: str) -> Iterator[RawRow]:
     data = Path(path).read_bytes()
     try:
-        text = data.decode("utf-8")
+        text = data.decode("utf-8-sig")  # -sig: skip a byte-order mark
     except UnicodeDecodeError as e:
         # One undecodable byte makes the whole array unreadable as text; say so as one row.
         yield RawRow(path, data.count(b"\n", 0, e.start) + 1, None, None, _utf8_error(e), len(data))
+        return
+    start = _WS.match(text).end()
+    if text.startswith("[", start):
+        yield from _read_json_array(path, text, start + 1)
         return
     try:
         value = json.loads(text)
@@ -165,18 +219,69 @@ def _read_json(path: str) -> Iterator[RawRow]:
         if e.msg == "Extra data":  # a `.json` file that is really JSON Lines: read it as such
             yield from _read_jsonl(path)
             return
-        reason = f"file is not valid JSON: {e.msg} (line {e.lineno}, column {e.colno})"
-        yield RawRow(path, e.lineno, None, None, Invalid("invalid JSON", reason), len(data))
+        yield _json_file_error(path, e, len(data))
+        return
+    except RecursionError:
+        yield RawRow(path, 1, None, None, _too_deep(), len(data))
         return
     if isinstance(value, dict):
-        value = [value]
-    if not isinstance(value, list):
-        error = Invalid("not an object", f"expected a JSON array of objects, got {_json_type(value)}")
-        yield RawRow(path, 1, None, value, error, len(data))
+        yield _as_object(path, 1, value, len(data), text)
         return
-    per_row = len(data) // max(len(value), 1)
-    for i, item in enumerate(value, 1):
-        yield _as_object(path, i, item, per_row)
+    error = Invalid("not an object", f"expected a JSON array of objects, got {_json_type(value)}")
+    yield RawRow(path, 1, None, value, error, len(data))
+
+
+def _json_file_error(path: str, e: json.JSONDecodeError, nbytes: int) -> RawRow:
+    reason = f"file is not valid JSON: {e.msg} (line {e.lineno}, column {e.colno})"
+    return RawRow(path, e.lineno, None, None, Invalid("invalid JSON", reason), nbytes)
+
+
+def _read_json_array(path: str, text: str, pos: int) -> Iterator[RawRow]:
+    """The elements of the JSON array that opens just before `pos`, one row each (row = element number).
+
+    Parsing element by element means one element nested too deep to parse loses only itself.
+    """
+    row = 0
+    while True:
+        pos = _WS.match(text, pos).end()
+        if row == 0 and text.startswith("]", pos):
+            return  # an empty array
+        row += 1
+        try:
+            value, end = _DECODER.raw_decode(text, pos)
+        except json.JSONDecodeError as e:
+            yield _json_file_error(path, e, len(text) - pos)  # no way to find where the next element starts
+            return
+        except RecursionError:
+            end = _skip_value(text, pos)
+            yield RawRow(path, row, None, text[pos:end] if end else None, _too_deep(), (end or len(text)) - pos)
+            if end is None:
+                return
+        else:
+            yield _as_object(path, row, value, end - pos, text[pos:end])
+        pos = _WS.match(text, end).end()
+        if text.startswith(",", pos):
+            pos += 1
+            continue
+        if not text.startswith("]", pos):
+            yield _json_file_error(path, json.JSONDecodeError("Expecting ',' delimiter", text, pos), 0)
+        elif text[pos + 1 :].strip():
+            yield _json_file_error(path, json.JSONDecodeError("Extra data after the array", text, pos + 1), 0)
+        return
+
+
+def _skip_value(text: str, pos: int) -> int | None:
+    """The index just past the array or object that starts at `pos`, found without recursion."""
+    depth = 0
+    for m in _JSON_TOKEN.finditer(text, pos):
+        token = m.group()
+        if token in ("[", "{"):
+            depth += 1
+        elif token in ("]", "}"):
+            depth -= 1
+            if depth == 0:
+                return m.end()
+    return None
 
 
 def _has_surrogates(values: list[str]) -> bool:
@@ -184,27 +289,97 @@ def _has_surrogates(values: list[str]) -> bool:
     return any(any("\udc80" <= ch <= "\udcff" for ch in v) for v in values if v)
 
 
+def _printable(text: str) -> str:
+    """Text read with surrogateescape, its undecodable bytes shown as `\\xNN` (safe to write as UTF-8)."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+class _LineFeed:
+    """Feeds a file's lines to `csv.reader`, keeping those of the record being read.
+
+    When a record turns out malformed (a quote that never closes, or closes mid-field), only its
+    first line is rejected: the lines it swallowed go back to be read again as records.
+    """
+
+    def __init__(self, lines: Iterator[str]) -> None:
+        self._lines = lines
+        self._back: list[str] = []  # lines to read again, last first
+        self.taken: list[str] = []  # lines of the current record
+        self.line = 0  # lines before the current record
+
+    def __iter__(self) -> _LineFeed:
+        return self
+
+    def __next__(self) -> str:
+        text = self._back.pop() if self._back else next(self._lines)
+        self.taken.append(text)
+        return text
+
+    def next_record(self) -> None:
+        """Start a new record after the current one."""
+        self.line += len(self.taken)
+        self.taken = []
+
+    def reject_first(self) -> str:
+        """Give up the current record: return its first line, re-read the others."""
+        first, rest = self.taken[0] if self.taken else "", self.taken[1:]
+        self._back.extend(reversed(rest))
+        self.line += 1
+        self.taken = []
+        return first
+
+
+def _csv_records(f: Iterator[str], delimiter: str) -> Iterator[tuple[int, list[str] | None, str]]:
+    """(first line, fields, "") per record, or (line, None, why) for a line that starts a malformed one."""
+    feed = _LineFeed(f)
+    # strict: a quote must close right before a delimiter or line end; else the non-strict reader
+    # silently glues the following lines, good rows included, into one field.
+    reader = csv.reader(feed, delimiter=delimiter, strict=True)
+    while True:
+        feed.next_record()
+        try:
+            fields = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as e:
+            line = feed.line + 1
+            first = feed.reject_first()
+            yield line, [first.rstrip("\r\n")], str(e)
+            reader = csv.reader(feed, delimiter=delimiter, strict=True)  # the old one is mid-record
+            continue
+        yield feed.line + 1, fields, ""
+
+
 def _read_csv(path: str, delimiter: str) -> Iterator[RawRow]:
     csv.field_size_limit(sys.maxsize)  # long documents are rejected by max_chars, with a reason, not by csv
-    with open(path, encoding="utf-8", errors="surrogateescape", newline="") as f:
-        reader = csv.reader(f, delimiter=delimiter)
-        header = next(reader, None)
+    # utf-8-sig skips the byte-order mark Excel writes
+    with open(path, encoding="utf-8-sig", errors="surrogateescape", newline="") as f:
+        records = _csv_records(f, delimiter)
+        line, header, problem = next(records, (1, None, ""))
         if header is None:
             return
-        if header and header[0].startswith("\ufeff"):
-            header[0] = header[0][1:]  # Excel writes a byte-order mark
+        if problem:
+            yield _bad_quoting(path, line, header[0], problem, header=True)
+            return
         header = [h.strip() for h in header]
-        start = reader.line_num + 1
-        for fields in reader:
-            if fields:  # a blank line holds no record, as in JSONL
-                yield _csv_row(path, start, header, fields)
-            start = reader.line_num + 1
+        for line, fields, problem in records:
+            if problem:
+                yield _bad_quoting(path, line, fields[0], problem)
+            elif fields:  # a blank line holds no record, as in JSONL
+                yield _csv_row(path, line, header, fields)
+
+
+def _bad_quoting(path: str, line: int, text: str, problem: str, header: bool = False) -> RawRow:
+    what = "the header line" if header else "a quoted field that starts on this line"
+    then = "no row of the file was read; fix the header" if header else "the lines after it were read as rows of their own"
+    reason = f"malformed CSV quoting: {what} does not end where a field should ({problem}); {then}"
+    return RawRow(path, line, None, _printable(text), Invalid("malformed CSV", reason), len(text))
 
 
 def _csv_row(path: str, line: int, header: list[str], fields: list[str]) -> RawRow:
     nbytes = sum(len(v) for v in fields) + len(fields)
     if _has_surrogates(fields):
-        raw = [v.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace") for v in fields]
+        raw = [_printable(v) for v in fields]
         error = Invalid("not UTF-8", "bytes are not valid UTF-8; re-save the file as UTF-8")
         return RawRow(path, line, None, raw, error, nbytes)
     if len(fields) != len(header):

@@ -8,7 +8,6 @@ sentence a person understands (written to rejects.jsonl).
 from __future__ import annotations
 
 import math
-from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -79,17 +78,6 @@ def detect_format(obj: dict[str, Any]) -> str | None:
     if "prompt" in obj or "completion" in obj:
         return "prompt_completion"
     return None
-
-
-def pick_format(sample: Iterable[dict[str, Any]]) -> str | None:
-    """The format most records of a file look like (ties go to the order of `GENERATE_FORMATS`).
-
-    Voting over a sample means a few malformed first rows do not decide the format of a file.
-    """
-    votes = Counter(f for f in map(detect_format, sample) if f)
-    if not votes:
-        return None
-    return max(GENERATE_FORMATS, key=lambda f: (votes[f], -GENERATE_FORMATS.index(f)))
 
 
 def to_example(obj: dict[str, Any], fmt: str, text_field: str = "text", label_field: str = "label") -> Example:
