@@ -1,6 +1,6 @@
 """Evaluation-time generation: tuneloop's batched greedy generation vs one-at-a-time `model.generate`.
 
-SmolLM2-135M-Instruct (fp32, as `tuneloop.train.load_trained` loads it for evaluation), FiQA
+SmolLM2-135M-Instruct (fp32, as `tuneloop.runs.load_trained` loads it for evaluation), FiQA
 questions rendered with the chat template, greedy, the same `max_new_tokens`. tuneloop's
 `tuneloop.evaluate.predict.generate` sorts prompts by length and generates a batch at a time with
 left padding; the peer calls `model.generate` per prompt. Tokens are counted the same way for both
@@ -24,13 +24,13 @@ import common  # noqa: E402
 
 
 def _loaded() -> Any:
-    from tuneloop import models, train
+    from tuneloop import models, runs
     from tuneloop.config import load_config
 
     base = models.resolve("default")
     tok = models.load_tokenizer(base)
     tok.padding_side = "left"
-    return train.Loaded(models.load_model(base, "lm").eval(), tok, load_config(None, {}), None, "lm")
+    return runs.Loaded(models.load_model(base, "lm").eval(), tok, load_config(None, {}), None, "lm")
 
 
 def one_at_a_time(loaded: Any, prompts: list[str], max_new_tokens: int) -> list[str]:

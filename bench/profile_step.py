@@ -48,13 +48,13 @@ def phases(tr: Any, rows: list[list[int]]) -> dict[str, float]:
     """Seconds per phase of one step, calling what `_Trainer._step` calls, in the same order."""
     import torch
 
-    from tuneloop.train import _n_loss, loss_sum
+    from tuneloop.losses import loss_sum, n_loss
 
     t = {"collate": time.perf_counter()}
     batch = tr.ex.batch(tr.train_set, rows)
     t["forward"] = time.perf_counter()
     with tr.ex.autocast():
-        loss = loss_sum(tr.model, batch, tr.kind) / _n_loss(batch)
+        loss = loss_sum(tr.model, batch, tr.kind) / n_loss(batch)
     t["backward"] = time.perf_counter()
     loss.backward()
     t["clip"] = time.perf_counter()

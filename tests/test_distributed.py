@@ -23,7 +23,7 @@ import yaml
 from safetensors.torch import load_file
 
 from tiny import write_data
-from tuneloop import train
+from tuneloop import runs, train
 from tuneloop.config import RunConfig, load_config
 from tuneloop.errors import TuneloopError
 
@@ -84,7 +84,7 @@ def test_two_processes_train_what_one_does_with_twice_the_batch(case: str, tiny_
     assert [x["loss"] for x in lines_two] == pytest.approx([x["loss"] for x in lines_one], rel=1e-5)
     assert _tree(tmp_path / "two") == _tree(tmp_path / "one")  # no stray files from other ranks
     assert load_config(tmp_path / "two" / "config.yaml").train.nproc == 2
-    assert train.load_trained(tmp_path / "two").kind == "lm"
+    assert runs.load_trained(tmp_path / "two").kind == "lm"
 
 
 def test_resume_continues_a_two_process_run_exactly(tiny_llama: Path, gen_data: Path, tmp_path: Path) -> None:

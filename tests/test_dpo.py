@@ -12,10 +12,11 @@ import torch
 from safetensors.torch import load_file
 
 from tiny import write_data
-from tuneloop import dpo, models, train
+from tuneloop import dpo, models, runs, train
 from tuneloop.config import DpoConfig, load_config
 from tuneloop.encode import IGNORE, collate
 from tuneloop.errors import TuneloopError
+from tuneloop.losses import Exec
 
 SFT = {"seed": 0, "train.threads": 1, "train.precision": "fp32", "train.batch_size": 8, "train.max_steps": 2,
        "train.eval_every": 2, "train.lr": 1e-2}
@@ -127,8 +128,8 @@ def test_preferences_raise_the_margin_and_keep_the_sft_model(lora_run: Path, gen
     new = load_file(run / "model" / "adapter_model.safetensors")
     assert new.keys() == old.keys() and all("lora_" in k for k in new)
     assert any(not torch.equal(v, old[k]) for k, v in new.items())
-    loaded = train.load_trained(run)
-    base = models.load_model(json.loads((run / "model" / train.META).read_text())["base"], "lm")
+    loaded = runs.load_trained(run)
+    base = models.load_model(json.loads((run / "model" / runs.META).read_text())["base"], "lm")
     assert torch.equal(loaded.model.get_input_embeddings().weight, base.get_input_embeddings().weight)
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records if r.get("kind") == "dpo_val"] == [0, result.steps]
@@ -143,22 +144,22 @@ def test_the_saved_model_scores_what_was_reported_and_undo_restores_sft(lora_run
     assert again.after == pytest.approx(result.after, rel=1e-4)
     assert sum('"dpo_val"' in line for line in (run / "metrics.jsonl").read_text().splitlines()) == 2
 
-    def logps(loaded: train.Loaded) -> torch.Tensor:
+    def logps(loaded: runs.Loaded) -> torch.Tensor:
         loaded.tokenizer.padding_side = "right"
         enc = dpo.PairEncoder(loaded.tokenizer, loaded.cfg, None, 512)
         return dpo._all_logps(loaded.model, dpo._flat(dpo.read_pairs(pairs, enc)[0]), 4, _fp32(loaded))
 
-    tuned = logps(train.load_trained(run))
+    tuned = logps(runs.load_trained(run))
     dpo.undo(run)
     assert not (run / "dpo_summary.json").exists()
-    ref = logps(train.load_trained(run))
+    ref = logps(runs.load_trained(run))
     # The merged, reloaded model reproduces the reported numbers.
     assert dpo.pair_metrics(tuned, ref, STRONG.beta) == pytest.approx(result.after, rel=1e-3, abs=1e-5)
     assert dpo.pair_metrics(ref, ref, STRONG.beta)["logp_margin"] == pytest.approx(result.before["logp_margin"], rel=1e-4)
 
 
-def _fp32(loaded: train.Loaded) -> train._Exec:
-    return train._Exec("lm", torch.device("cpu"), False, loaded.tokenizer.pad_token_id, True)
+def _fp32(loaded: runs.Loaded) -> Exec:
+    return Exec("lm", torch.device("cpu"), False, loaded.tokenizer.pad_token_id, True)
 
 
 def test_bad_rows_are_reported_with_line_and_reason_and_good_rows_train(lora_run: Path, gen_data: Path, tmp_path: Path) -> None:
@@ -206,7 +207,7 @@ def test_full_classify_as_generate_run_tunes_all_weights_on_label_pairs(tiny_lla
     assert result.after["logp_margin"] > result.before["logp_margin"] + 0.1 and result.after["reward_accuracy"] > 0.5
     assert all(torch.equal(v, old[k]) for k, v in load_file(run / "model_sft" / "model.safetensors").items())
     assert any(not torch.equal(v, old[k]) for k, v in load_file(run / "model" / "model.safetensors").items())
-    assert train.load_trained(run).labels == ["negative", "positive"]
+    assert runs.load_trained(run).labels == ["negative", "positive"]
 
 
 def test_a_classification_head_run_is_refused(tiny_llama: Path, tmp_path: Path) -> None:
@@ -235,4 +236,4 @@ def test_dpo_on_the_default_model(tmp_path: Path) -> None:
     print(json.dumps({"before": result.before, "after": result.after, **result.info}, indent=1))
     assert result.info["val_is_train"] and result.info["train_pairs"] == 32 and result.steps == 8
     assert result.after["loss"] < result.before["loss"] and result.after["reward_accuracy"] > 0.5
-    assert train.load_trained(run).kind == "lm"
+    assert runs.load_trained(run).kind == "lm"

@@ -29,6 +29,7 @@ from tiny import write_data
 from tuneloop import train
 from tuneloop.config import load_config
 from tuneloop.errors import TuneloopError
+from tuneloop.runs import load_trained
 from tuneloop.serve import ServeSettings, create_app, settings_from
 from tuneloop.serve.batcher import Batcher
 
@@ -206,7 +207,7 @@ def test_classify_as_generate_scores_each_label_as_the_answer(runs: dict[str, Pa
     from tuneloop.encode import classify_messages
     from tuneloop.serve.classify import classify
 
-    loaded = train.load_trained(runs["clslm"])
+    loaded = load_trained(runs["clslm"])
     texts = ["good movie", "the film was sad and bad"]
     got = classify(loaded, texts)
     tok, model = loaded.tokenizer, loaded.model

@@ -16,9 +16,10 @@ import yaml
 from safetensors.torch import load_file
 
 from tiny import write_data
-from tuneloop import train
+from tuneloop import runs, train
 from tuneloop.config import RunConfig, load_config
 from tuneloop.errors import TuneloopError
+from tuneloop.losses import validation_loss
 
 # Single-threaded fp32 keeps tiny runs fast and exactly repeatable on a shared 2-core machine.
 FAST = {"seed": 0, "train.threads": 1, "train.precision": "fp32", "train.batch_size": 8, "train.epochs": 3,
@@ -70,8 +71,8 @@ def test_validation_loss_goes_down(task, classify_as, base, method, extra, steps
     result = train.run(_cfg(request.getfixturevalue(f"tiny_{base}"), data, out, **{
         "train.method": method, "train.classify_as": classify_as, "train.lr": lr, **extra}))
     rows = _rows(data)
-    tuned = train.validation_loss(train.load_trained(out), rows)
-    untuned = train.validation_loss(train.load_trained(out, base_only=True), rows)
+    tuned = validation_loss(runs.load_trained(out), rows)
+    untuned = validation_loss(runs.load_trained(out, base_only=True), rows)
     assert tuned < untuned * 0.97, (tuned, untuned)
     assert tuned == pytest.approx(result.best_val_loss, rel=1e-3)  # RUN/model holds the best weights
     assert result.steps == steps and result.tokens_per_s > 0
@@ -111,7 +112,7 @@ def test_merge_gives_the_same_logits_as_adapter_on_base(lora_run: Path, tiny_lla
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    merged_dir = train.export(lora_run)
+    merged_dir = runs.export(lora_run)
     merged = AutoModelForCausalLM.from_pretrained(merged_dir).eval()
     adapted = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_llama), lora_run / "model").eval()
     ids = torch.tensor([[5, 17, 99, 42, 7, 300, 12]])
@@ -120,7 +121,7 @@ def test_merge_gives_the_same_logits_as_adapter_on_base(lora_run: Path, tiny_lla
         base = AutoModelForCausalLM.from_pretrained(tiny_llama).eval()
         assert not torch.allclose(base(ids).logits, merged(ids).logits, atol=1e-3)  # training did change it
     assert (merged_dir / "model.safetensors").is_file() and (merged_dir / "tokenizer.json").is_file()
-    assert (train.export(lora_run, merge=False) / "adapter_model.safetensors").is_file()
+    assert (runs.export(lora_run, merge=False) / "adapter_model.safetensors").is_file()
 
 
 def test_resume_after_sigkill_equals_uninterrupted(tiny_llama: Path, gen_data: Path, tmp_path: Path) -> None:
@@ -257,10 +258,10 @@ def test_fine_tunes_the_default_model_for_a_few_steps(tmp_path: Path) -> None:
         "train.lr": 1e-3, "train.max_length": 64, "train.eval_every": 3, "train.save_every": 3}))
     assert result.info["base"].endswith(tuple("0123456789abcdef")) and result.info["bf16"] in (True, False)
     rows = _rows(data)
-    tuned = train.validation_loss(train.load_trained(out), rows)
-    untuned = train.validation_loss(train.load_trained(out, base_only=True), rows)
+    tuned = validation_loss(runs.load_trained(out), rows)
+    untuned = validation_loss(runs.load_trained(out, base_only=True), rows)
     assert tuned < untuned
     from transformers import AutoModelForCausalLM
 
-    merged = AutoModelForCausalLM.from_pretrained(train.export(out))
+    merged = AutoModelForCausalLM.from_pretrained(runs.export(out))
     assert merged.config.vocab_size == 49152

@@ -361,7 +361,7 @@ def dpo(
         return
     if pairs is None:
         raise TuneloopError("give --pairs FILE with preference pairs (or --undo)")
-    from tuneloop.evaluate.stage import load_run_config
+    from tuneloop.runs import load_run_config
 
     cfg = load_run_config(run, None, {"train.dpo.beta": beta, "train.dpo.lr": lr, "train.dpo.epochs": epochs})
     console.print(dpo_stage.run(run, pairs, cfg.train.dpo).summary())
@@ -374,9 +374,9 @@ def export(
     merge: bool = typer.Option(True, "--merge/--adapter", help="Merge the LoRA adapter into a full model."),
 ) -> None:
     """Export a trained model as a folder plain transformers (or vLLM) loads."""
-    from tuneloop import train as train_stage
+    from tuneloop import runs
 
-    path = train_stage.export(run, out, merge=merge)
+    path = runs.export(run, out, merge=merge)
     console.print(f"exported to {path}")
 
 

@@ -30,13 +30,12 @@ import torch.nn.functional as F
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from tuneloop import checkpoint, models
+from tuneloop import checkpoint, models, runs
 from tuneloop.config import DpoConfig, RunConfig, load_config
 from tuneloop.encode import IGNORE, Encoded, encode_chat, encode_classify_lm, eval_batches, length_grouped_batches
 from tuneloop.errors import TuneloopError
-from tuneloop.losses import core, decoder_hidden, linear_cross_entropy
-from tuneloop.train import (META, _attention, _device, _Exec, _fp32_trainable, _meta, _optimizer, _quiet_transformers,
-                            _use_bf16, console)
+from tuneloop.losses import Exec, core, decoder_hidden, linear_cross_entropy
+from tuneloop.train import console
 
 SFT = "model_sft"  # RUN/model_sft: the SFT model, kept so DPO can be undone and rerun from it
 # Below this many pairs every pair validates: a held-out tenth of fewer than 10 pairs says nothing.
@@ -269,12 +268,12 @@ def read_pairs(path: Path, encoder: PairEncoder) -> tuple[list[tuple[Encoded, En
 # ---------------------------------------------------------------- the model
 
 
-def _load_policy(run_dir: Path, meta: dict[str, Any], cfg: RunConfig, tokenizer: Any, ex: _Exec, max_length: int,
+def _load_policy(run_dir: Path, meta: dict[str, Any], cfg: RunConfig, tokenizer: Any, ex: Exec, max_length: int,
                  batch_size: int) -> torch.nn.Module:
     """The SFT model as it was trained (adapter on its base, or full weights), trainable, in train mode."""
     source = run_dir / SFT
     config_from = source if meta["method"] == "full" else meta["base"]  # whose layer and head counts size attention
-    attn = _attention(ex.device, max_length, batch_size, config_from, cfg.train.attention)
+    attn = models.attention(ex.device, max_length, batch_size, config_from, cfg.train.attention)
     if meta["method"] == "full":
         model = models.load_model(source, "lm", trust_remote_code=cfg.trust_remote_code, attn_implementation=attn)
     else:
@@ -284,13 +283,13 @@ def _load_policy(run_dir: Path, meta: dict[str, Any], cfg: RunConfig, tokenizer:
         base = models.load_model(meta["base"], "lm", pad_token_id=tokenizer.pad_token_id, trust_remote_code=cfg.trust_remote_code,
                                  dtype=torch.bfloat16 if ex.bf16 else torch.float32, attn_implementation=attn)
         model = PeftModel.from_pretrained(base, source, is_trainable=True)
-        _fp32_trainable(model, keep_input_dtype=ex.bf16)
+        models.fp32_trainable(model, keep_input_dtype=ex.bf16)
     core(model).config.use_cache = False
     return model.to(ex.device).train()
 
 
 @torch.no_grad()
-def _all_logps(model: torch.nn.Module, examples: list[Encoded], batch_size: int, ex: _Exec) -> torch.Tensor:
+def _all_logps(model: torch.nn.Module, examples: list[Encoded], batch_size: int, ex: Exec) -> torch.Tensor:
     """`[n_pairs, 2]` answer log-probs (chosen, rejected) of every pair, in eval mode, without grad."""
     was_training = model.training
     model.eval()
@@ -314,9 +313,9 @@ class _Dpo:
     """One DPO phase on a run: set up, then `fit()` runs the loop and `write()` saves the result."""
 
     def __init__(self, run_dir: Path, pairs_path: Path, cfg: DpoConfig | None) -> None:
-        _quiet_transformers()
+        models.quiet_transformers()
         self.run_dir = run_dir
-        self.meta, self.run_cfg = _meta(run_dir), load_config(run_dir / "config.yaml")
+        self.meta, self.run_cfg = runs.model_meta(run_dir), load_config(run_dir / "config.yaml")
         if self.meta["kind"] != "lm":
             raise TuneloopError(f"{run_dir} trains a classification head; DPO needs a causal LM (train with classify_as: generate)")
         t = self.run_cfg.train
@@ -330,13 +329,13 @@ class _Dpo:
         _keep_sft(run_dir)  # only now: a bad pairs file leaves the run as it was
         self.train_idx, self.val_idx = _split(len(pairs), self.run_cfg.seed)
         self.examples = _flat(pairs)
-        device = _device()
-        self.ex = _Exec("lm", device, _use_bf16(t.precision, device), self.tokenizer.pad_token_id, t.share_prefix)
+        device = models.device()
+        self.ex = Exec("lm", device, models.use_bf16(t.precision, device), self.tokenizer.pad_token_id, t.share_prefix)
         torch.manual_seed(self.run_cfg.seed)
         # A micro-batch holds both answers of each pair.
         self.model = _load_policy(run_dir, self.meta, self.run_cfg, self.tokenizer, self.ex, self.max_length, 2 * self.cfg.batch_size)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
-        self.optimizer = _optimizer(self.params, self.cfg.lr, t.weight_decay, device)
+        self.optimizer = models.optimizer(self.params, self.cfg.lr, t.weight_decay, device)
         steps_per_epoch = math.ceil(len(self.train_idx) / self.cfg.batch_size)
         self.total_steps = max(1, math.ceil(self.cfg.epochs * steps_per_epoch))
         from transformers import get_scheduler
@@ -351,7 +350,7 @@ class _Dpo:
     def fit(self) -> DpoResult:
         """Reference log-probs, then the DPO steps, then validation; returns before/after metrics."""
         started = time.perf_counter()
-        _drop_dpo_records(self.run_dir / "metrics.jsonl")  # a rerun replaces the previous DPO phase
+        _drop_dpo_records(self.run_dir)  # a rerun replaces the previous DPO phase
         self.ref = _all_logps(self.model, self.examples, 2 * self.cfg.batch_size, self.ex)
         ref_seconds = time.perf_counter() - started
         before = pair_metrics(self.ref[self.val_idx], self.ref[self.val_idx], self.cfg.beta)  # policy = reference
@@ -410,19 +409,13 @@ class _Dpo:
         }
 
     def _log(self, record: dict[str, Any]) -> None:
-        with (self.run_dir / "metrics.jsonl").open("a", encoding="utf-8") as f:
-            f.write(json.dumps({"phase": "dpo", **record}) + "\n")
+        runs.append_metrics(self.run_dir, {"phase": "dpo", **record})
 
     def write(self, result: DpoResult) -> None:
         """Replace RUN/model with the tuned model (atomically) and write the summary and rejects."""
         meta = {**self.meta, "dpo": {"pairs": len(self.train_idx), "steps": result.steps, "beta": self.cfg.beta}}
 
-        def write(d: Path) -> None:
-            self.model.save_pretrained(d)
-            self.tokenizer.save_pretrained(d)
-            (d / META).write_text(json.dumps(meta, indent=1))
-
-        checkpoint.atomic_dir(self.run_dir / "model", write)
+        runs.write_model(self.run_dir, self.model, self.tokenizer, meta)
         with (self.run_dir / "dpo_rejects.jsonl").open("w", encoding="utf-8") as f:
             f.writelines(json.dumps(asdict(r)) + "\n" for r in self.rejects)
         summary = {**result.info, "before": result.before, "after": result.after}
@@ -445,13 +438,8 @@ def _keep_sft(run_dir: Path) -> None:
         checkpoint.atomic_dir(run_dir / SFT, lambda d: shutil.copytree(run_dir / "model", d, dirs_exist_ok=True))
 
 
-def _drop_dpo_records(path: Path) -> None:
-    if not path.is_file():
-        return
-    keep = [ln for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip() and json.loads(ln).get("phase") != "dpo"]
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text("".join(k + "\n" for k in keep), encoding="utf-8")
-    tmp.replace(path)
+def _drop_dpo_records(run_dir: Path) -> None:
+    runs.rewrite_metrics(run_dir, lambda r: r.get("phase") != "dpo")
 
 
 def _progress() -> Progress:
@@ -502,6 +490,6 @@ def undo(run_dir: Path) -> Path:
     if not (run_dir / SFT).is_dir():
         raise TuneloopError(f"{run_dir} has no {SFT}/: DPO has not run on it, so there is nothing to undo")
     checkpoint.atomic_dir(run_dir / "model", lambda d: shutil.copytree(run_dir / SFT, d, dirs_exist_ok=True))
-    _drop_dpo_records(run_dir / "metrics.jsonl")
+    _drop_dpo_records(run_dir)
     (run_dir / "dpo_summary.json").unlink(missing_ok=True)
     return run_dir / "model"

@@ -130,7 +130,7 @@ def _curate(cfg: RunConfig, rnd: Path, frozen: Path | None) -> tuple[list[Path],
 
 
 def _test_labels(test: Path) -> list[str] | None:
-    from tuneloop.evaluate.stage import read_jsonl
+    from tuneloop.runs import read_jsonl
 
     return sorted({str(r["label"]) for r in read_jsonl(test) if "label" in r}) or None
 
@@ -154,7 +154,7 @@ def _user_fields(cfg: RunConfig, path: Path) -> Path:
     p = cfg.prepare
     if cfg.task != "classify" or (p.text_field, p.label_field) == ("text", "label"):
         return path
-    from tuneloop.evaluate.stage import read_jsonl
+    from tuneloop.runs import read_jsonl
 
     out = path.with_name("feedback.fields.jsonl")
     renamed = [{p.text_field: r.pop("text"), p.label_field: r.pop("label"), **r} for r in read_jsonl(path)]
@@ -211,8 +211,8 @@ def _incumbent_scores(inc: ModelRecord, frozen: Path, rnd: Path) -> tuple[dict[s
 def _score_into(run_dir: Path, test: Path, out: Path) -> Path:
     from tuneloop.evaluate.labels import LabelParser
     from tuneloop.evaluate.score import score
-    from tuneloop.evaluate.stage import load_run_config, load_test_set, predict_system, write_outputs
-    from tuneloop.train import load_trained
+    from tuneloop.evaluate.stage import predict_system, write_outputs
+    from tuneloop.runs import load_run_config, load_test_set, load_trained
 
     if (out / "eval" / "metrics.json").is_file():
         return out
@@ -227,7 +227,7 @@ def _score_into(run_dir: Path, test: Path, out: Path) -> Path:
 
 
 def _correct_by_id(predictions: Path) -> dict[str, bool]:
-    from tuneloop.evaluate.stage import read_jsonl
+    from tuneloop.runs import read_jsonl
 
     return {r["id"]: bool(r["tuned_correct"]) for r in read_jsonl(predictions)}
 

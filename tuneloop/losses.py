@@ -7,10 +7,18 @@ and computes its gradient on the spot: the logits never exist whole and are neve
 
 from __future__ import annotations
 
+import contextlib
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
 import torch
 import torch.nn.functional as F
 
-from tuneloop.encode import IGNORE
+from tuneloop import distributed
+from tuneloop.encode import IGNORE, Encoded, collate, encode_rows, eval_batches
+
+if TYPE_CHECKING:
+    from tuneloop.runs import Loaded
 
 # Positions per LM-head chunk: 512 x 49k fp32 logits are ~100 MB.
 CHUNK = 512
@@ -110,3 +118,65 @@ def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: to
     dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else hidden.dtype
     with torch.autocast(device, enabled=False):
         return _LinearCrossEntropy.apply(hidden, weight, targets, dtype)
+
+
+# ---------------------------------------------------------------- scoring loss on held-out rows
+
+
+def n_loss(batch: dict[str, torch.Tensor]) -> int:
+    """Positions (LM) or examples (head) of a micro-batch that carry loss: what `loss_sum` sums over."""
+    return len(batch["labels"]) if "labels" in batch else int((batch["targets"] != IGNORE).sum())
+
+
+@dataclass(frozen=True)
+class Exec:
+    """How batches are built and run: the same for training, validation and `validation_loss`."""
+
+    kind: str
+    device: torch.device
+    bf16: bool
+    pad_id: int
+    share_prefix: bool
+
+    def batch(self, examples: list[Encoded], rows: list[list[int]]) -> dict[str, torch.Tensor]:
+        """Collate a micro-batch and move it to the device."""
+        b = collate(examples, rows, self.pad_id, share_prefix=self.share_prefix and self.kind == "lm")
+        return {k: v.to(self.device, non_blocking=True) for k, v in b.items()}
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """bf16 autocast, or nothing for fp32."""
+        return torch.autocast(self.device.type, dtype=torch.bfloat16) if self.bf16 else contextlib.nullcontext()
+
+
+@torch.no_grad()
+def mean_loss(model: torch.nn.Module, examples: list[Encoded], batch_size: int, ex: Exec) -> float:
+    """Mean loss per loss token (LM) or per example (head) over `examples`, in eval mode.
+
+    Under several processes each scores its share and the mean is over all of them.
+    """
+    was_training = model.training
+    model.eval()
+    total, n = 0.0, 0
+    for rows in distributed.shard(eval_batches(examples, batch_size)):  # each process scores its share
+        batch = ex.batch(examples, rows)
+        with ex.autocast():
+            total += float(loss_sum(model, batch, ex.kind))
+        n += n_loss(batch)
+    model.train(was_training)
+    total, n = distributed.sum_values(total, n)
+    return total / max(n, 1)
+
+
+def validation_loss(loaded: Loaded, rows: list[dict[str, Any]]) -> float:
+    """Mean loss per loss token (per example for a head) on prepared rows, masked as in training.
+
+    `exp()` of it is the perplexity of the answers.
+    """
+    from tuneloop.models import use_bf16
+
+    t = loaded.cfg.train
+    examples, _ = encode_rows(rows, loaded.tokenizer, task=loaded.cfg.task, kind=loaded.kind, max_length=t.max_length,
+                              labels=loaded.labels, system_prompt=t.system_prompt, source="rows")
+    device = next(loaded.model.parameters()).device
+    ex = Exec(loaded.kind, device, use_bf16(t.precision, device), loaded.tokenizer.pad_token_id, t.share_prefix)
+    return mean_loss(loaded.model, examples, t.batch_size, ex)

@@ -14,13 +14,17 @@ import math
 import os
 import shutil
 import tempfile
+import warnings
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
 from rich.table import Table
 
 from tuneloop.errors import TuneloopError
+
+if TYPE_CHECKING:
+    from tuneloop.config import LoraSettings
 
 Kind = Literal["lm", "head"]
 
@@ -212,6 +216,145 @@ def load_model(
         )
     except (OSError, ValueError) as e:
         raise TuneloopError(f"base {path} could not be loaded as a {kind} model ({str(e).splitlines()[0]})") from None
+
+
+# ---------------------------------------------------------------- preparing a model for training
+
+
+def device() -> torch.device:
+    """The device models train and run on: the GPU when there is one, else the CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _cpu_has_fast_bf16() -> bool:
+    # bf16 beats fp32 only with native bf16 instructions: ~2x with AVX512-BF16, far more with AMX.
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def use_bf16(precision: str, on: torch.device) -> bool:
+    """Whether to train and score in bf16 autocast: `precision` (`train.precision`) unless `auto`."""
+    if precision != "auto":
+        return precision == "bf16"
+    if on.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return _cpu_has_fast_bf16()
+
+
+def quiet_transformers() -> None:
+    """Silence transformers' info logs and progress bars (tuneloop prints its own)."""
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    # peft still calls the pre-5.x name; the warning is not the user's to act on.
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+
+
+#: Most memory eager attention may keep for backward (its fp32 probabilities, all layers) before sdpa is used.
+EAGER_SCORES_BYTES = 2.5 * 2**30
+
+
+def attention(on: torch.device, max_length: int, batch_size: int = 1, base_path: Path | str | None = None,
+              choice: str = "auto") -> str:
+    """`eager` or `sdpa` attention for training on `on` (`choice`, the `train.attention` setting, unless auto).
+
+    On CPU, sdpa's flash-attention backward took a quarter of a short step, and at length 512
+    eager was 1.15-1.55x faster per step (bench/README.md) — but eager keeps batch x heads x
+    length^2 fp32 probabilities per layer for backward, so it is used only while those fit in
+    `EAGER_SCORES_BYTES` (SmolLM2 at 8 x 512: 2.3 GB).
+    """
+    if choice != "auto":
+        return choice
+    if on.type != "cpu":
+        return "sdpa"
+    heads_layers = 9 * 30  # SmolLM2's, when the base's config cannot be read
+    if base_path is not None and Path(base_path).is_dir():
+        from transformers import AutoConfig
+
+        try:
+            c = AutoConfig.from_pretrained(base_path)
+            heads_layers = c.num_attention_heads * c.num_hidden_layers
+        except (OSError, ValueError, AttributeError):
+            pass
+    return "eager" if batch_size * heads_layers * max_length**2 * 4 <= EAGER_SCORES_BYTES else "sdpa"
+
+
+def _linear_names(model: torch.nn.Module) -> list[str]:
+    return sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)})
+
+
+def add_lora(model: torch.nn.Module, lora: LoraSettings, kind: Kind, base: str) -> torch.nn.Module:
+    """Wrap `model` with peft LoRA adapters as `train.lora` says; only the adapters (and a new head) train.
+
+    Raises:
+        TuneloopError: `lora.target_modules` matches no module of the base (the message lists its linear layers).
+    """
+    from peft import LoraConfig, TaskType, get_peft_model
+
+    config = LoraConfig(
+        r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=lora.target_modules,
+        task_type=TaskType.CAUSAL_LM if kind == "lm" else TaskType.SEQ_CLS,
+    )
+    try:
+        return get_peft_model(model, config)
+    except ValueError as e:
+        if "target" not in str(e).lower():
+            raise
+        raise TuneloopError(
+            f"train.lora.target_modules {lora.target_modules!r} matches no module of {base}; use `all-linear` or "
+            f"names from: {', '.join(_linear_names(model))}"
+        ) from None
+
+
+def fp32_trainable(model: torch.nn.Module, keep_input_dtype: bool) -> None:
+    """Keep what trains in fp32 for the optimizer; with `keep_input_dtype`, LoRA layers take bf16 inputs as they come."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    for p in model.parameters():
+        if p.requires_grad and p.dtype != torch.float32:
+            p.data = p.data.float()
+    if keep_input_dtype:
+        # Under autocast, peft's cast of each LoRA input to fp32 only adds two copies per layer.
+        for m in model.modules():
+            if isinstance(m, BaseTunerLayer):
+                m.cast_input_dtype_enabled = False
+
+
+def for_training(model: torch.nn.Module, *, lora: LoraSettings | None, kind: Kind, base: str, bf16: bool,
+                 gradient_checkpointing: bool = False) -> torch.nn.Module:
+    """Make a loaded model trainable: no KV cache, optional activation checkpointing, LoRA adapters or all weights.
+
+    Args:
+        model: A model from `load_model` (with LoRA and bf16, loaded in bf16: the frozen base stays bf16).
+        lora: The LoRA settings, or None to train all weights.
+        kind: `lm` or `head`.
+        base: The base's name, for error messages.
+        bf16: Whether training runs under bf16 autocast.
+        gradient_checkpointing: Recompute activations in backward.
+
+    Returns:
+        The model in train mode; what trains is fp32.
+    """
+    model.config.use_cache = False  # a KV cache in training breaks packed-sequence isolation
+    if gradient_checkpointing:
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    if lora is not None:
+        model = add_lora(model, lora, kind, base)
+        fp32_trainable(model, keep_input_dtype=bf16)
+    return model.train()
+
+
+def optimizer(params: list[torch.nn.Parameter], lr: float, weight_decay: float, on: torch.device) -> torch.optim.Optimizer:
+    """AdamW, fused into one kernel over all tensors where torch has one (CPU, CUDA).
+
+    Unfused, it runs ~10 small ops per tensor (LoRA on SmolLM2 has ~420 of them): 1.3-4.2 s a step
+    on a loaded 2-core machine against 0.05-0.15 s fused (bench/README.md).
+    """
+    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=on.type in ("cpu", "cuda"))
 
 
 def count_parameters(folder: Path) -> int:

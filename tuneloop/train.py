@@ -20,25 +20,24 @@ import resource
 import shutil
 import signal
 import time
-import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Literal
+from typing import Any, Callable, Iterator
 
 import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from tuneloop import checkpoint, distributed, models
+from tuneloop import checkpoint, distributed, models, runs
 from tuneloop.config import RunConfig, load_config, save_config
-from tuneloop.encode import IGNORE, Encoded, collate, encode_rows, epoch_batches, eval_batches
+from tuneloop.encode import Encoded, encode_rows, epoch_batches
 from tuneloop.errors import TuneloopError
-from tuneloop.losses import core, loss_sum
+from tuneloop import losses
+from tuneloop.losses import Exec, core, loss_sum, mean_loss
 
 console = Console(stderr=True)
 OnValidate = Callable[[int, float], None]
-META = "tuneloop.json"  # in RUN/model: kind, method, labels, resolved base
 
 
 # ---------------------------------------------------------------- results
@@ -62,15 +61,6 @@ class TrainResult:
         return table
 
 
-@dataclass
-class Loaded:
-    """A trained (or base) model ready for evaluation: eval mode, on the best device."""
-
-    model: torch.nn.Module
-    tokenizer: Any
-    cfg: RunConfig
-    labels: list[str] | None
-    kind: Literal["lm", "head"]
 
 
 @dataclass
@@ -91,31 +81,8 @@ class _State:
     stopped: str = ""
 
 
-# ---------------------------------------------------------------- data
 
-
-def _read_jsonl(path: Path) -> list[dict]:
-    if not path.is_file():
-        raise TuneloopError(f"{path} does not exist; run `tuneloop prepare --out {path.parent}` first or fix --data")
-    rows = []
-    with path.open(encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as e:
-                raise TuneloopError(f"{path} line {n} is not valid JSON ({e.msg}); re-run `tuneloop prepare`") from None
-    if not rows:
-        raise TuneloopError(f"{path} has no rows; prepare more data or raise the split's fraction in `tuneloop prepare`")
-    return rows
-
-
-def _manifest(data_dir: Path) -> dict[str, Any]:
-    path = data_dir / "manifest.json"
-    if not path.is_file():
-        raise TuneloopError(f"{path} does not exist; --data must be a folder written by `tuneloop prepare`")
-    return json.loads(path.read_text(encoding="utf-8"))
+# ---------------------------------------------------------------- data and model
 
 
 def _resolve_task(cfg: RunConfig, manifest: dict[str, Any]) -> RunConfig:
@@ -130,103 +97,14 @@ def _resolve_task(cfg: RunConfig, manifest: dict[str, Any]) -> RunConfig:
     return cfg
 
 
-def _kind(cfg: RunConfig) -> Literal["lm", "head"]:
-    return "head" if cfg.task == "classify" and cfg.train.classify_as == "head" else "lm"
-
-
 def _encode(cfg: RunConfig, tokenizer: Any, rows: list[dict], labels: list[str] | None, source: str) -> tuple[list[Encoded], int]:
     return encode_rows(
-        rows, tokenizer, task=cfg.task, kind=_kind(cfg), max_length=cfg.train.max_length, labels=labels,
+        rows, tokenizer, task=cfg.task, kind=runs.model_kind(cfg), max_length=cfg.train.max_length, labels=labels,
         system_prompt=cfg.train.system_prompt, source=source,
     )
 
 
-# ---------------------------------------------------------------- model
-
-
-def _device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def _cpu_has_fast_bf16() -> bool:
-    # bf16 beats fp32 only with native bf16 instructions: ~2x with AVX512-BF16, far more with AMX.
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
-def _use_bf16(precision: str, device: torch.device) -> bool:
-    if precision != "auto":
-        return precision == "bf16"
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    return _cpu_has_fast_bf16()
-
-
-def _quiet_transformers() -> None:
-    import transformers
-
-    transformers.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
-    # peft still calls the pre-5.x name; the warning is not the user's to act on.
-    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
-
-
-def _linear_names(model: torch.nn.Module) -> list[str]:
-    return sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)})
-
-
-def _add_lora(model: torch.nn.Module, cfg: RunConfig, kind: str) -> torch.nn.Module:
-    from peft import LoraConfig, TaskType, get_peft_model
-
-    lc = cfg.train.lora
-    config = LoraConfig(
-        r=lc.r, lora_alpha=lc.alpha, lora_dropout=lc.dropout, target_modules=lc.target_modules,
-        task_type=TaskType.CAUSAL_LM if kind == "lm" else TaskType.SEQ_CLS,
-    )
-    try:
-        return get_peft_model(model, config)
-    except ValueError as e:
-        if "target" not in str(e).lower():
-            raise
-        raise TuneloopError(
-            f"train.lora.target_modules {lc.target_modules!r} matches no module of {cfg.base}; use `all-linear` or "
-            f"names from: {', '.join(_linear_names(model))}"
-        ) from None
-
-
-#: Most memory eager attention may keep for backward (its fp32 probabilities, all layers) before sdpa is used.
-EAGER_SCORES_BYTES = 2.5 * 2**30
-
-
-def _attention(device: torch.device, max_length: int, batch_size: int = 1, base_path: Path | str | None = None,
-               choice: str = "auto") -> str:
-    """`eager` or `sdpa` attention for training on `device` (`choice`, the `train.attention` setting, unless auto).
-
-    On CPU, sdpa's flash-attention backward took a quarter of a short step, and at length 512
-    eager was 1.15-1.55x faster per step (bench/README.md) — but eager keeps batch x heads x
-    length^2 fp32 probabilities per layer for backward, so it is used only while those fit in
-    `EAGER_SCORES_BYTES` (SmolLM2 at 8 x 512: 2.3 GB).
-    """
-    if choice != "auto":
-        return choice
-    if device.type != "cpu":
-        return "sdpa"
-    heads_layers = 9 * 30  # SmolLM2's, when the base's config cannot be read
-    if base_path is not None and Path(base_path).is_dir():
-        from transformers import AutoConfig
-
-        try:
-            c = AutoConfig.from_pretrained(base_path)
-            heads_layers = c.num_attention_heads * c.num_hidden_layers
-        except (OSError, ValueError, AttributeError):
-            pass
-    return "eager" if batch_size * heads_layers * max_length**2 * 4 <= EAGER_SCORES_BYTES else "sdpa"
-
-
-def _build_model(cfg: RunConfig, base_path: Path | str, kind: str, labels: list[str] | None, tokenizer: Any,
+def _build_model(cfg: RunConfig, base_path: Path | str, kind: runs.Kind, labels: list[str] | None, tokenizer: Any,
                  device: torch.device, bf16: bool) -> torch.nn.Module:
     """The base model with LoRA adapters (or all weights trainable), seeded, in train mode.
 
@@ -234,82 +112,18 @@ def _build_model(cfg: RunConfig, base_path: Path | str, kind: str, labels: list[
     memory); what trains (adapters, a new head) stays fp32 for the optimizer.
     """
     torch.manual_seed(cfg.seed)  # a new head and the LoRA init depend on it
-    lora = cfg.train.method == "lora"
     t = cfg.train
-    attention = _attention(device, t.max_length, t.batch_size, base_path, t.attention)
+    lora = t.method == "lora"
     model = models.load_model(
         base_path, kind, labels=labels, pad_token_id=tokenizer.pad_token_id, trust_remote_code=cfg.trust_remote_code,
-        dtype=torch.bfloat16 if lora and bf16 else torch.float32, attn_implementation=attention,
+        dtype=torch.bfloat16 if lora and bf16 else torch.float32,
+        attn_implementation=models.attention(device, t.max_length, t.batch_size, base_path, t.attention),
     )
-    model.config.use_cache = False  # a KV cache in training breaks packed-sequence isolation
-    if cfg.train.gradient_checkpointing:
-        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
-    if lora:
-        model = _add_lora(model, cfg, kind)
-        _fp32_trainable(model, keep_input_dtype=bf16)
-    return model.train()
+    return models.for_training(model, lora=t.lora if lora else None, kind=kind, base=cfg.base, bf16=bf16,
+                               gradient_checkpointing=t.gradient_checkpointing)
 
 
-def _optimizer(params: list[torch.nn.Parameter], lr: float, weight_decay: float, device: torch.device) -> torch.optim.Optimizer:
-    """AdamW, fused into one kernel over all tensors where torch has one (CPU, CUDA).
-
-    Unfused, it runs ~10 small ops per tensor (LoRA on SmolLM2 has ~420 of them): 1.3-4.2 s a step
-    on a loaded 2-core machine against 0.05-0.15 s fused (bench/README.md).
-    """
-    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=device.type in ("cpu", "cuda"))
-
-
-def _fp32_trainable(model: torch.nn.Module, keep_input_dtype: bool) -> None:
-    from peft.tuners.tuners_utils import BaseTunerLayer
-
-    for p in model.parameters():
-        if p.requires_grad and p.dtype != torch.float32:
-            p.data = p.data.float()
-    if keep_input_dtype:
-        # Under autocast, peft's cast of each LoRA input to fp32 only adds two copies per layer.
-        for m in model.modules():
-            if isinstance(m, BaseTunerLayer):
-                m.cast_input_dtype_enabled = False
-
-
-def _n_loss(batch: dict[str, torch.Tensor]) -> int:
-    return len(batch["labels"]) if "labels" in batch else int((batch["targets"] != IGNORE).sum())
-
-
-@dataclass(frozen=True)
-class _Exec:
-    """How batches are built and run: the same for training, validation and `validation_loss`."""
-
-    kind: str
-    device: torch.device
-    bf16: bool
-    pad_id: int
-    share_prefix: bool
-
-    def batch(self, examples: list[Encoded], rows: list[list[int]]) -> dict[str, torch.Tensor]:
-        """Collate a micro-batch and move it to the device."""
-        b = collate(examples, rows, self.pad_id, share_prefix=self.share_prefix and self.kind == "lm")
-        return {k: v.to(self.device, non_blocking=True) for k, v in b.items()}
-
-    def autocast(self) -> contextlib.AbstractContextManager:
-        """bf16 autocast, or nothing for fp32."""
-        return torch.autocast(self.device.type, dtype=torch.bfloat16) if self.bf16 else contextlib.nullcontext()
-
-
-@torch.no_grad()
-def _mean_loss(model: torch.nn.Module, examples: list[Encoded], batch_size: int, ex: _Exec) -> float:
-    """Mean loss per loss token (LM) or per example (head) over `examples`, in eval mode."""
-    was_training = model.training
-    model.eval()
-    total, n = 0.0, 0
-    for rows in distributed.shard(eval_batches(examples, batch_size)):  # each process scores its share
-        batch = ex.batch(examples, rows)
-        with ex.autocast():
-            total += float(loss_sum(model, batch, ex.kind))
-        n += _n_loss(batch)
-    model.train(was_training)
-    total, n = distributed.sum_values(total, n)
-    return total / max(n, 1)
+# ---------------------------------------------------------------- the trainer
 
 
 # ---------------------------------------------------------------- the trainer
@@ -319,32 +133,32 @@ class _Trainer:
     """One training run: set up from a resolved config, then `fit()` runs the loop."""
 
     def __init__(self, cfg: RunConfig, run_dir: Path, on_validate: OnValidate | None = None) -> None:
-        _quiet_transformers()
+        models.quiet_transformers()
         t = cfg.train
         threads = t.threads or distributed.default_threads()
         if threads:
             torch.set_num_threads(threads)
         self.cfg, self.run_dir, self.on_validate = cfg, run_dir, on_validate
         self.ckpt_dir = run_dir / "checkpoints"
-        self.kind = _kind(cfg)
-        manifest = _manifest(Path(t.data))
+        self.kind = runs.model_kind(cfg)
+        manifest = runs.read_manifest(Path(t.data))
         self.labels = manifest.get("labels") if cfg.task == "classify" else None
         self.base_path = models.resolve(cfg.base, task=cfg.task, classify_as=t.classify_as)
         self.tokenizer = models.load_tokenizer(self.base_path, cfg.trust_remote_code)
-        self.train_set, dropped = _encode(cfg, self.tokenizer, _read_jsonl(Path(t.data) / "train.jsonl"), self.labels, "train.jsonl")
-        val_rows = _read_jsonl(Path(t.data) / "val.jsonl")[: t.max_eval_examples]
+        self.train_set, dropped = _encode(cfg, self.tokenizer, runs.read_split(Path(t.data), "train"), self.labels, "train.jsonl")
+        val_rows = runs.read_split(Path(t.data), "val")[: t.max_eval_examples]
         self.val_set, _ = _encode(cfg, self.tokenizer, val_rows, self.labels, "val.jsonl")
         if dropped:
             console.print(f"[yellow]warning:[/] {dropped} training rows dropped: their prompt is longer than "
                           f"max_length {t.max_length}")
-        device = _device()
-        bf16 = _use_bf16(t.precision, device)
+        device = models.device()
+        bf16 = models.use_bf16(t.precision, device)
         # Sharing a prefix needs a KV cache, which activation checkpointing turns off.
-        self.ex = _Exec(self.kind, device, bf16, self.tokenizer.pad_token_id, t.share_prefix and not t.gradient_checkpointing)
+        self.ex = Exec(self.kind, device, bf16, self.tokenizer.pad_token_id, t.share_prefix and not t.gradient_checkpointing)
         self.model = _build_model(cfg, self.base_path, self.kind, self.labels, self.tokenizer, device, bf16).to(device)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         distributed.replicate(self.params)
-        self.optimizer = _optimizer(self.params, t.lr, t.weight_decay, self.ex.device)
+        self.optimizer = models.optimizer(self.params, t.lr, t.weight_decay, self.ex.device)
         self._order: tuple[int, list[list[list[int]]]] = (-1, [])
         self.batches_per_epoch = len(self._epoch(0))
         steps_per_epoch = math.ceil(self.batches_per_epoch / t.grad_accum)
@@ -399,7 +213,7 @@ class _Trainer:
         """
         t0 = time.perf_counter()
         micro = [self.ex.batch(self.train_set, rows) for rows in group]
-        n_loss = int(distributed.sum_values(sum(_n_loss(b) for b in micro))[0])
+        n_loss = int(distributed.sum_values(sum(losses.n_loss(b) for b in micro))[0])
         total = 0.0
         for batch in micro:
             with self.ex.autocast():
@@ -430,7 +244,7 @@ class _Trainer:
 
     def _validate(self) -> None:
         t, s = self.cfg.train, self.state
-        val = _mean_loss(self.model, self.val_set, t.batch_size, self.ex)
+        val = mean_loss(self.model, self.val_set, t.batch_size, self.ex)
         s.last_val_step = s.step
         self._log({"kind": "val", "step": s.step, "epoch": round(s.epoch + s.batch_in_epoch / self.batches_per_epoch, 4), "loss": val})
         if val < s.best_val_loss:
@@ -470,23 +284,13 @@ class _Trainer:
             for stale in checkpoint.step_dirs(self.ckpt_dir, "best"):  # written after the checkpoint: will be redone
                 if checkpoint.step_of(stale) > self.state.step:
                     shutil.rmtree(stale)
-            self._truncate_metrics(self.state.step)
+            # Lines written after the checkpoint belong to steps that will be trained again.
+            runs.rewrite_metrics(self.run_dir, lambda r: r["step"] <= self.state.step)
         return True
 
-    def _truncate_metrics(self, step: int) -> None:
-        # Lines written after the checkpoint belong to steps that will be trained again.
-        path = self.run_dir / "metrics.jsonl"
-        if path.is_file():
-            keep = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] <= step]
-            tmp = path.with_suffix(".tmp")
-            tmp.write_text("".join(k + "\n" for k in keep))
-            tmp.replace(path)
-
     def _log(self, record: dict[str, Any]) -> None:
-        if not distributed.is_main():
-            return
-        with (self.run_dir / "metrics.jsonl").open("a", encoding="utf-8") as f:
-            f.write(json.dumps(record) + "\n")
+        if distributed.is_main():
+            runs.append_metrics(self.run_dir, record)
 
     def _progress(self) -> Progress:
         return Progress(
@@ -534,13 +338,7 @@ class _Trainer:
     def _write_model(self) -> None:
         meta = {"kind": self.kind, "method": self.cfg.train.method, "labels": self.labels, "base": str(self.base_path),
                 "task": self.cfg.task, "best_step": self.state.best_step}
-
-        def write(d: Path) -> None:
-            self.model.save_pretrained(d)
-            self.tokenizer.save_pretrained(d)
-            (d / META).write_text(json.dumps(meta, indent=1))
-
-        checkpoint.atomic_dir(self.run_dir / "model", write)
+        runs.write_model(self.run_dir, self.model, self.tokenizer, meta)
 
 
 def _result(run_dir: Path, info: dict[str, Any]) -> TrainResult:
@@ -556,7 +354,7 @@ def _prepare_run(cfg: RunConfig) -> tuple[RunConfig, Path]:
         raise TuneloopError("no training data: give --data DIR (a folder written by `tuneloop prepare`)")
     if t.out is None:
         raise TuneloopError("no run folder: give --out RUN (where checkpoints, metrics and the model go)")
-    cfg = _resolve_task(cfg, _manifest(Path(t.data)))
+    cfg = _resolve_task(cfg, runs.read_manifest(Path(t.data)))
     run_dir = Path(t.out).resolve()
     if (run_dir / "checkpoints").exists() or (run_dir / "model").exists():
         raise TuneloopError(f"{run_dir} already holds a training run; continue it with --resume {run_dir} or choose another --out")
@@ -642,85 +440,3 @@ def _fit_launched(cfg: RunConfig, run_dir: Path, resuming: bool) -> None:
     _join(cfg, None)
     _fit(cfg, run_dir, None, resuming)
 
-
-def _meta(run_dir: Path) -> dict[str, Any]:
-    path = Path(run_dir) / "model" / META
-    if not path.is_file():
-        raise TuneloopError(f"{run_dir} has no trained model (no model/{META}); finish `tuneloop train` first")
-    return json.loads(path.read_text())
-
-
-def _merged(run_dir: Path, meta: dict[str, Any], cfg: RunConfig) -> torch.nn.Module:
-    """The trained model as a plain transformers model (a LoRA adapter merged into its base)."""
-    folder = Path(run_dir) / "model"
-    if meta["method"] == "full":
-        return models.load_model(folder, meta["kind"], labels=meta["labels"], trust_remote_code=cfg.trust_remote_code)
-    from peft import PeftModel
-
-    base = models.load_model(meta["base"], meta["kind"], labels=meta["labels"], trust_remote_code=cfg.trust_remote_code,
-                             pad_token_id=models.load_tokenizer(folder).pad_token_id)
-    return PeftModel.from_pretrained(base, folder).merge_and_unload()
-
-
-def export(run_dir: Path, out: Path | None = None, merge: bool = True) -> Path:
-    """Write the trained model as a folder plain transformers (or vLLM) loads.
-
-    Args:
-        run_dir: A finished run folder.
-        out: Where to write (default `RUN/merged`, or `RUN/adapter` without merging).
-        merge: Merge a LoRA adapter into the base weights (a full model in safetensors); False copies the adapter.
-
-    Returns:
-        The folder written.
-    """
-    _quiet_transformers()
-    run_dir = Path(run_dir)
-    meta, cfg = _meta(run_dir), load_config(run_dir / "config.yaml")
-    out = Path(out) if out else run_dir / ("merged" if merge else "adapter")
-    folder = run_dir / "model"
-    if not merge or meta["method"] == "full":
-        checkpoint.atomic_dir(out, lambda d: shutil.copytree(folder, d, dirs_exist_ok=True))
-        return out
-    model = _merged(run_dir, meta, cfg)
-    tok = models.load_tokenizer(folder)
-
-    def write(d: Path) -> None:
-        model.save_pretrained(d)
-        tok.save_pretrained(d)
-
-    checkpoint.atomic_dir(out, write)
-    return out
-
-
-def load_trained(run_dir: Path, *, base_only: bool = False) -> Loaded:
-    """Load a trained run (or, with `base_only`, its untuned base prepared the same way) for evaluation.
-
-    The model is in eval mode on the best device; a LoRA adapter is merged for speed. For a causal
-    LM the tokenizer pads on the left (batched generation). `base_only` with a head gives the base
-    with a fresh, untrained head (seeded).
-    """
-    _quiet_transformers()
-    run_dir = Path(run_dir)
-    meta, cfg = _meta(run_dir), load_config(run_dir / "config.yaml")
-    tok = models.load_tokenizer(run_dir / "model")
-    if base_only:
-        torch.manual_seed(cfg.seed)
-        model = models.load_model(meta["base"], meta["kind"], labels=meta["labels"], pad_token_id=tok.pad_token_id,
-                                  trust_remote_code=cfg.trust_remote_code)
-    else:
-        model = _merged(run_dir, meta, cfg)
-    if meta["kind"] == "lm":
-        tok.padding_side = "left"
-    return Loaded(model.to(_device()).eval(), tok, cfg, meta["labels"], meta["kind"])
-
-
-def validation_loss(loaded: Loaded, rows: list[dict]) -> float:
-    """Mean loss per loss token (per example for a head) on prepared rows, masked as in training.
-
-    `exp()` of it is the perplexity of the answers.
-    """
-    examples, _ = _encode(loaded.cfg, loaded.tokenizer, rows, loaded.labels, "rows")
-    device = next(loaded.model.parameters()).device
-    t = loaded.cfg.train
-    ex = _Exec(loaded.kind, device, _use_bf16(t.precision, device), loaded.tokenizer.pad_token_id, t.share_prefix)
-    return _mean_loss(loaded.model, examples, t.batch_size, ex)

@@ -1,6 +1,6 @@
 """Run a loaded model over test rows: class-head predictions or batched greedy generation.
 
-Works on `tuneloop.train.load_trained(...)` results (`.model`, `.tokenizer`, `.cfg`, `.labels`,
+Works on `tuneloop.runs.load_trained(...)` results (`.model`, `.tokenizer`, `.cfg`, `.labels`,
 `.kind`). torch is imported here only, so the metric modules stay light.
 """
 

@@ -13,91 +13,18 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel
 from rich.console import Group
 from rich.table import Table
 
-from tuneloop.config import RunConfig, load_config
-from tuneloop.errors import TuneloopError
+from tuneloop.config import RunConfig
 from tuneloop.evaluate.curves import curve_summary, read_curves
 from tuneloop.evaluate.labels import LabelParser
 from tuneloop.evaluate.metrics import f1_score
 from tuneloop.evaluate.score import Scored, SystemOutput, score
+from tuneloop.runs import eval_rows, load_run_config, load_test_set, load_trained, read_jsonl
 
 #: Packages whose versions the report records.
 VERSIONED = ("torch", "transformers", "peft", "accelerate", "scikit-learn", "numpy", "tuneloop")
-
-
-def _fields_set(model: BaseModel, prefix: str = "") -> dict[str, Any]:
-    """The fields a YAML file set, by dotted name; sections recurse, dict-valued fields stay whole."""
-    out: dict[str, Any] = {}
-    for name in model.model_fields_set:
-        value = getattr(model, name)
-        if isinstance(value, BaseModel):
-            out.update(_fields_set(value, f"{prefix}{name}."))
-        else:
-            out[f"{prefix}{name}"] = value
-    return out
-
-
-def load_run_config(run_dir: Path, config: Path | None, overrides: dict[str, Any]) -> RunConfig:
-    """The run's saved config, then an optional extra YAML file, then CLI overrides (later wins).
-
-    Raises:
-        TuneloopError: RUN is not a run folder, or a file or field is invalid.
-    """
-    saved = run_dir / "config.yaml"
-    if not saved.is_file():
-        raise TuneloopError(f"{run_dir} is not a run folder: {saved} is missing; pass the folder `tuneloop train` wrote")
-    extra: dict[str, Any] = {}
-    if config is not None:
-        extra = _fields_set(load_config(config))
-    return load_config(saved, {**extra, **{k: v for k, v in overrides.items() if v is not None}})
-
-
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    """Rows of a JSONL file.
-
-    Raises:
-        TuneloopError: the file is missing or a line is not a JSON object (names file and line).
-    """
-    if not path.is_file():
-        raise TuneloopError(f"{path} does not exist; run `tuneloop prepare` or pass --data FILE.jsonl")
-    rows = []
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if line.strip():
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise TuneloopError(f"{path}, line {lineno}: not valid JSON ({e.msg})") from None
-            if not isinstance(row, dict):
-                raise TuneloopError(f"{path}, line {lineno}: expected a JSON object, got {type(row).__name__}")
-            rows.append(row)
-    return rows
-
-
-def eval_rows(rows: list[dict[str, Any]], task: str, path: Path) -> list[dict[str, Any]]:
-    """Turn prepared rows into `{"id", "input", "reference", "label", "messages"}` for scoring.
-
-    Raises:
-        TuneloopError: a row lacks a field its task needs (names file, row and field).
-    """
-    out = []
-    for i, row in enumerate(rows, start=1):
-        where = f"{path}, row {i}"
-        if task == "classify":
-            if not isinstance(row.get("text"), str) or not isinstance(row.get("label"), str):
-                raise TuneloopError(f"{where}: a classify row needs string fields 'text' and 'label'")
-            out.append({"id": row.get("id", str(i)), "input": row["text"], "reference": row["label"],
-                        "label": row["label"], "row": row})
-            continue
-        msgs = row.get("messages")
-        if not isinstance(msgs, list) or len(msgs) < 2 or not isinstance(msgs[-1], dict) or msgs[-1].get("role") != "assistant":
-            raise TuneloopError(f"{where}: field 'messages' must be a conversation ending with the assistant's answer")
-        user = [m.get("content", "") for m in msgs[:-1] if m.get("role") == "user"]
-        out.append({"id": row.get("id", str(i)), "input": user[-1] if user else "", "reference": msgs[-1].get("content", ""),
-                    "label": msgs[-1].get("content", "").strip(), "row": row})
-    return out
 
 
 def environment(cfg: RunConfig) -> dict[str, Any]:
@@ -171,7 +98,7 @@ def predict_system(loaded: Any, rows: list[dict[str, Any]], cfg: RunConfig, labe
     """Run one loaded model (tuned or base) over the rows: head argmax, or generate and parse."""
     from tuneloop.encode import classify_messages, render_prompt
     from tuneloop.evaluate.predict import generate, predict_head
-    from tuneloop.train import validation_loss
+    from tuneloop.losses import validation_loss
 
     loss = validation_loss(loaded, [r["row"] for r in rows])
     if loaded.kind == "head":
@@ -194,8 +121,6 @@ def predict_system(loaded: Any, rows: list[dict[str, Any]], cfg: RunConfig, labe
 
 
 def _model_outputs(run_dir: Path, rows: list[dict[str, Any]], cfg: RunConfig, labels: list[str] | None) -> dict[str, SystemOutput]:
-    from tuneloop.train import load_trained
-
     parser = LabelParser(labels, cfg.eval.synonyms) if labels else None
     loaded = load_trained(run_dir)
     systems = {"tuned": predict_system(loaded, rows, cfg, labels, parser, "tuned model")}
@@ -221,45 +146,6 @@ def _baseline(data_dir: Path | None, rows: list[dict[str, Any]], seed: int) -> S
     train = eval_rows(read_jsonl(train_file), "classify", train_file)
     model = fit_baseline([r["input"] for r in train], [r["label"] for r in train], seed=seed)
     return SystemOutput(labels=model.predict([r["input"] for r in rows]).tolist())
-
-
-@dataclass
-class TestSet:
-    """The held-out rows a run is scored on, with the task's labels and where they came from.
-
-    Attributes:
-        rows: `eval_rows` output.
-        labels: The manifest's labels plus any unseen test labels; None for open generation.
-        file: The test file.
-        manifest: The data folder's manifest.json ({} when there is none).
-    """
-
-    __test__ = False  # not a pytest test class, despite the name
-
-    rows: list[dict[str, Any]]
-    labels: list[str] | None
-    file: Path
-    manifest: dict[str, Any]
-
-
-def load_test_set(run_dir: Path, cfg: RunConfig, data: Path | None, max_examples: int | None) -> TestSet:
-    """Read the test rows of a run: `data` if given, else the prepared `test.jsonl` of `cfg.train.data`.
-
-    Raises:
-        TuneloopError: no test file can be found, it is bad, or it has no rows.
-    """
-    data_dir = cfg.train.data
-    manifest_path = data_dir / "manifest.json" if data_dir else None
-    manifest = json.loads(manifest_path.read_text(encoding="utf-8")) if manifest_path and manifest_path.is_file() else {}
-    test_file = data or (data_dir / "test.jsonl" if data_dir else None)
-    if test_file is None:
-        raise TuneloopError(f"{run_dir}/config.yaml names no data folder (train.data); pass --data TEST.jsonl")
-    rows = eval_rows(read_jsonl(test_file), cfg.task, test_file)[:max_examples]
-    if not rows:
-        raise TuneloopError(f"{test_file} has no examples to evaluate on")
-    known = list(manifest.get("labels") or [])
-    labels = None if cfg.task == "generate" and not known else known + sorted({r["label"] for r in rows} - set(known))
-    return TestSet(rows, labels, Path(test_file), manifest)
 
 
 def _write_json(path: Path, obj: Any) -> None:
@@ -320,8 +206,6 @@ def validation_macro_f1(run_dir: Path) -> float:
     The test split is never looked at here, so a search cannot overfit it. Unparseable answers
     count as wrong, as in `run`.
     """
-    from tuneloop.train import load_trained
-
     loaded = load_trained(run_dir)
     cfg, labels = loaded.cfg, loaded.labels or []
     path = Path(cfg.train.data) / "val.jsonl"

@@ -178,9 +178,8 @@ def run(run_dir: Path, config: Path | None = None, overrides: dict[str, Any] | N
     Raises:
         TuneloopError: bad run folder, data, attribute, term file or config (the message says which).
     """
-    from tuneloop.evaluate.stage import load_run_config, load_test_set
     from tuneloop.fairness.report import write_outputs
-    from tuneloop.train import load_trained
+    from tuneloop.runs import load_run_config, load_test_set, load_trained
 
     run_dir = Path(run_dir)
     cfg = load_run_config(run_dir, config, overrides or {})

@@ -26,7 +26,7 @@ class ServedModel:
 
     name: str
     run_dir: Path
-    loaded: Any  # tuneloop.train.Loaded; used only in the model thread
+    loaded: Any  # tuneloop.runs.Loaded; used only in the model thread
     prompt_tokenizer: Any  # a copy for the event loop (fast tokenizers must not be shared across threads)
     loaded_at: float = field(default_factory=time.time)
 
@@ -66,7 +66,7 @@ def load_served(run_dir: Path | str, name: str | None = None) -> ServedModel:
     Raises:
         TuneloopError: the folder is not a finished run.
     """
-    from tuneloop.train import load_trained
+    from tuneloop.runs import load_trained
 
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
