@@ -83,6 +83,13 @@ def running(**settings: Any) -> Iterator[tuple[str, Any]]:
 def call(url: str, method: str, path: str, body: Any = None, *, key: str | None = KEY,
          headers: dict[str, str] | None = None) -> tuple[int, Any]:
     """One HTTP request with the standard library; returns status and parsed JSON (or text)."""
+    status, _, out = call_with_headers(url, method, path, body, key=key, headers=headers)
+    return status, out
+
+
+def call_with_headers(url: str, method: str, path: str, body: Any = None, *, key: str | None = KEY,
+                      headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], Any]:
+    """`call`, also returning the response headers."""
     host, port = url.removeprefix("http://").split(":")
     con = http.client.HTTPConnection(host, int(port), timeout=60)
     data = body if isinstance(body, (bytes, str)) or body is None else json.dumps(body)
@@ -92,9 +99,9 @@ def call(url: str, method: str, path: str, body: Any = None, *, key: str | None 
     raw = resp.read().decode()
     con.close()
     try:
-        return resp.status, json.loads(raw)
+        return resp.status, dict(resp.getheaders()), json.loads(raw)
     except json.JSONDecodeError:
-        return resp.status, raw
+        return resp.status, dict(resp.getheaders()), raw
 
 
 @pytest.fixture(scope="module")
@@ -428,3 +435,154 @@ def _wait(condition: Any, timeout: float = 60) -> None:
     while not condition():
         assert time.time() < deadline, "timed out waiting"
         time.sleep(0.02)
+
+
+# ---------------------------------------------------------------- hardening (issue 13)
+
+BAD_SAMPLING = [  # raw JSON: 2**64 is not representable as a Python-side float literal in every client
+    ('{"messages": %s, "max_tokens": 3, "seed": 18446744073709551616}', "seed"),
+    ('{"messages": %s, "max_tokens": 3, "seed": 1e20}', "seed"),
+    ('{"messages": %s, "max_tokens": 3, "temperature": 1e-300}', "temperature"),
+    ('{"messages": %s, "max_tokens": 3, "temperature": 1e-45}', "temperature"),
+    ('{"messages": %s, "max_tokens": 3, "top_p": 1e-300}', "top_p"),
+    ('{"messages": %s, "max_tokens": 3, "temperature": NaN}', "temperature"),
+    ('{"messages": %s, "max_tokens": 3, "top_p": Infinity}', "top_p"),
+]
+
+
+def test_bad_sampling_values_get_400_and_good_requests_sent_with_them_succeed(chat_server: tuple[str, Any]) -> None:
+    url, _ = chat_server
+    bad = [(raw % json.dumps(HELLO), param) for raw, param in BAD_SAMPLING]
+    good = [{"messages": HELLO, "max_tokens": 3, "temperature": t, "seed": s, "top_p": p}
+            for t, s, p in ((0, None, 1.0), (1.0, 2**63, 0.5), (0.001, -(2**63), 1e-6), (2.0, 2**64 - 1, 1.0))]
+    jobs = [("bad", b, p) for b, p in bad] + [("good", g, None) for g in good]
+    with ThreadPoolExecutor(len(jobs)) as pool:  # sent together: they land in one batch
+        results = list(pool.map(lambda j: (j, call(url, "POST", "/v1/chat/completions", j[1])), jobs))
+    for (kind, _, param), (status, out) in results:
+        if kind == "good":
+            assert status == 200 and out["usage"]["completion_tokens"] <= 3, out
+        else:
+            assert status == 400 and out["error"]["param"] == param, out
+
+
+def test_a_row_that_fails_in_the_model_fails_only_its_own_request(chat_server: tuple[str, Any]) -> None:
+    from tuneloop.serve.app import _run_batch
+    from tuneloop.serve.generation import ChatRow, sample
+
+    _, app = chat_server
+    served = app.state.tuneloop.holder.current
+    vocab = served.loaded.model.config.vocab_size
+    rows = [ChatRow([1, 2, 3], 3, 0.0), ChatRow([1, vocab + 10], 3, 0.0), ChatRow([4, 5], 3, 1e-300, 1e-300, seed=2**64 - 1)]
+    out = _run_batch(("chat", served), rows)  # row 1 is not a token id of this model: the batched call fails
+    assert isinstance(out[1], Exception) and not isinstance(out[0], Exception) and not isinstance(out[2], Exception)
+    assert out[0].completion_tokens >= 1 and out[2].completion_tokens >= 1
+    logits = torch.tensor([0.0, 3.0, 2.9])
+    assert {sample(logits, 1e-300, 1.0) for _ in range(20)} == {sample(logits, 1.0, 1e-300) for _ in range(20)} == {1}
+
+
+def test_the_openai_clients_ordinary_calls_work(chat_server: tuple[str, Any]) -> None:
+    client = _client(chat_server[0])
+    assert client.models.retrieve("chat").id == "chat"
+    with pytest.raises(openai.NotFoundError):
+        client.models.retrieve("gpt-4o")
+    done = client.chat.completions.create(
+        model="chat", messages=HELLO, max_tokens=3, temperature=0, frequency_penalty=0, presence_penalty=0,
+        logprobs=False, response_format={"type": "text"}, store=False, parallel_tool_calls=False, top_p=1,
+        tool_choice="none", metadata={"team": "x"}, user="u1")
+    assert done.usage.completion_tokens <= 3
+    for kw, param in (({"frequency_penalty": 0.5}, "frequency_penalty"), ({"logprobs": True}, "logprobs"),
+                      ({"response_format": {"type": "json_object"}}, "response_format"),
+                      ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools")):
+        with pytest.raises(openai.BadRequestError) as e:
+            client.chat.completions.create(model="chat", messages=HELLO, max_tokens=3, **kw)
+        assert e.value.body["param"] == param and "not supported" in e.value.body["message"]
+
+
+@pytest.mark.parametrize("path,body,param", [
+    ("/v1/chat/completions", {"messages": HELLO, "stream": "yes"}, "stream"),
+    ("/v1/chat/completions", {"messages": HELLO, "max_tokens": True}, "max_tokens"),
+    ("/v1/chat/completions", {"messages": HELLO, "max_tokens": "10"}, "max_tokens"),
+    ("/v1/chat/completions", {"messages": HELLO, "temperature": "0.5"}, "temperature"),
+    ("/v1/feedback", {"response_id": "cls-x", "rating": True}, "rating"),
+    ("/v1/feedback", {"response_id": "cls-x", "rating": 5, "index": "0"}, "index"),
+    ("/v1/feedback", {"response_id": "cls-x", "rating": 5.0}, "rating"),
+])
+def test_types_are_strict(chat_server: tuple[str, Any], path: str, body: Any, param: str) -> None:
+    status, out = call(chat_server[0], "POST", path, body)
+    assert status == 400 and out["error"]["param"] == param and out["error"]["code"] == "invalid_value", out
+
+
+def test_an_empty_body_says_so(chat_server: tuple[str, Any]) -> None:
+    for path in ("/v1/chat/completions", "/v1/classify", "/v1/feedback"):
+        status, out = call(chat_server[0], "POST", path, "")
+        assert status == 400 and "body is empty" in out["error"]["message"] and "None" not in out["error"]["message"]
+
+
+def test_models_show_a_name_not_the_runs_path(head_server: tuple[str, Any], runs: dict[str, Path]) -> None:
+    url, _ = head_server
+    status, raw = call(url, "GET", "/v1/models")
+    assert status == 200 and raw["data"][0]["id"] == "sentiment"
+    assert str(runs["head"].parent) not in json.dumps(raw) and "path" not in raw["data"][0]
+
+
+def test_admin_actions_need_an_admin_key(runs: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TUNELOOP_ADMIN_KEYS", "admin-2")
+    with running(model=str(runs["head"]), feedback_db=tmp_path / "fb.db", admin_keys=["admin-1"]) as (url, _):
+        status, out = call(url, "POST", "/admin/reload")  # an ordinary key
+        assert status == 403 and out["error"]["code"] == "admin_key_required"
+        assert call(url, "POST", "/admin/reload", key=None)[0] == 401
+        assert call(url, "POST", "/admin/reload", key="nope")[0] == 401
+        for admin in ("admin-1", "admin-2"):
+            status, out = call(url, "POST", "/admin/reload", key=admin)
+            assert status == 200 and out["swapped"] is False
+        assert call(url, "POST", "/v1/classify", {"input": ["a"]}, key="admin-1")[0] == 200
+    monkeypatch.delenv("TUNELOOP_ADMIN_KEYS")
+    with running(model=str(runs["head"]), feedback_db=tmp_path / "fb2.db") as (url, _):  # no admin key: admin is off
+        status, out = call(url, "POST", "/admin/reload")
+        assert status == 403 and "--admin-key" in out["error"]["message"]
+    with pytest.raises(TuneloopError, match="both"):
+        ServeSettings(api_keys=["k"], admin_keys=["k"]).check()
+
+
+def test_a_large_classify_request_runs_in_micro_batches_beside_other_clients() -> None:
+    calls: list[list[str]] = []
+
+    def run(key: str, payloads: list[str]) -> list[str]:
+        calls.append(payloads)
+        return [p.upper() for p in payloads]
+
+    async def main() -> tuple[list[str], list[str]]:
+        batcher = Batcher(run, max_batch=8, wait_s=0.0, max_cost=64)
+        batcher.start()
+        big = asyncio.ensure_future(batcher.submit_many("k", [f"big{i}" for i in range(64)], [16] * 64, client="a"))
+        small = asyncio.ensure_future(batcher.submit_many("k", ["s1", "s2"], [4, 4], client="b"))
+        await asyncio.sleep(0)
+        assert batcher.queued == 66 and batcher.queued_by("a") == 64
+        out = await asyncio.gather(big, small)
+        assert batcher.queued == 0 and batcher.queued_by("a") == 0
+        await batcher.stop()
+        return out
+
+    big, small = asyncio.run(main())
+    assert big == [f"BIG{i}" for i in range(64)] and small == ["S1", "S2"]
+    assert all(len(c) <= 8 and sum(16 if p.startswith("big") else 4 for p in c) <= 64 for c in calls)  # bounded calls
+    assert any("s1" in c for c in calls[:2]) and len(calls) >= 16  # the small request did not wait for the big one
+
+
+def test_a_client_over_its_queue_share_gets_429_and_a_full_queue_503_with_retry_after(runs: dict[str, Path],
+                                                                                    tmp_path: Path) -> None:
+    # A long batch wait keeps the first requests queued while the others arrive.
+    with running(model=str(runs["head"]), feedback_db=tmp_path / "fb.db", batch_wait_ms=3000, max_batch=64,
+                 max_inputs=4, max_client_queue=6, max_queue=8, admin_keys=["adm"]) as (url, _):
+        with ThreadPoolExecutor(2) as pool:
+            first = pool.submit(call, url, "POST", "/v1/classify", {"input": ["a", "b", "c", "d"]})
+            _wait(lambda: call(url, "GET", "/health")[1]["queued"] == 4)
+            status, headers, out = call_with_headers(url, "POST", "/v1/classify", {"input": ["e", "f", "g"]})
+            assert status == 429 and out["error"]["code"] == "rate_limit_exceeded" and int(headers["retry-after"]) >= 1
+            other = pool.submit(call, url, "POST", "/v1/classify", {"input": ["e", "f", "g", "h"]}, key="adm")
+            _wait(lambda: call(url, "GET", "/health")[1]["queued"] == 8)
+            status, headers, out = call_with_headers(url, "POST", "/v1/classify", {"input": ["i"]})
+            assert status == 503 and out["error"]["code"] == "server_busy" and int(headers["retry-after"]) >= 1
+            assert first.result()[0] == other.result()[0] == 200  # the queued work was not lost
+        assert call(url, "GET", "/health")[1]["queued"] == 0
+        assert call(url, "POST", "/v1/classify", {"input": ["e", "f", "g"]})[0] == 200

@@ -281,12 +281,16 @@ def serve(
     host: Optional[str] = typer.Option(None, help="Interface to listen on (default 127.0.0.1)."),
     port: Optional[int] = typer.Option(None, help="TCP port (default 8000)."),
     api_key: Optional[list[str]] = typer.Option(None, help="Accepted bearer key (repeatable; $TUNELOOP_API_KEYS adds more)."),
+    admin_key: Optional[list[str]] = typer.Option(None, help="Key for /admin/* such as reload (repeatable; $TUNELOOP_ADMIN_KEYS adds more)."),
     no_auth: Optional[bool] = typer.Option(None, "--no-auth", help="Accept requests without a key (loopback host only)."),
     registry: Optional[str] = RegistryOpt,
     feedback_db: Optional[Path] = typer.Option(None, help="Where responses and feedback are stored (default runs/feedback.db)."),
     max_tokens: Optional[int] = typer.Option(None, help="Largest max_tokens a chat request may ask for."),
     max_body_bytes: Optional[int] = typer.Option(None, help="Largest request body (413 above)."),
     max_batch: Optional[int] = typer.Option(None, help="Most requests (classify: texts) in one batched model call."),
+    max_batch_tokens: Optional[int] = typer.Option(None, help="Tokens one batched call aims at, shared equally by the waiting requests."),
+    max_queue: Optional[int] = typer.Option(None, help="Most jobs (chat requests, classify texts) waiting; above: 503 + Retry-After."),
+    max_client_queue: Optional[int] = typer.Option(None, help="Most jobs one client may have waiting; above: 429 + Retry-After."),
     batch_wait_ms: Optional[float] = typer.Option(None, help="How long a request waits for others to batch with."),
     batching: Optional[bool] = typer.Option(None, "--batching/--no-batching", help="Gather concurrent requests into batches."),
     reload_interval: Optional[float] = typer.Option(None, help="Seconds between checks for a newly promoted model."),
@@ -295,9 +299,11 @@ def serve(
     """Serve a model behind an OpenAI-compatible API (+ /v1/classify, /v1/feedback, /health, /docs)."""
     from tuneloop.serve import serve as serve_app, settings_from
 
-    settings = settings_from(model=model, host=host, port=port, api_keys=api_key, no_auth=no_auth, registry=registry,
-                             feedback_db=feedback_db, max_tokens=max_tokens, max_body_bytes=max_body_bytes, max_batch=max_batch,
-                             batch_wait_ms=batch_wait_ms, batching=batching, reload_interval=reload_interval, threads=threads)
+    settings = settings_from(model=model, host=host, port=port, api_keys=api_key, admin_keys=admin_key, no_auth=no_auth,
+                             registry=registry, feedback_db=feedback_db, max_tokens=max_tokens, max_body_bytes=max_body_bytes,
+                             max_batch=max_batch, max_batch_tokens=max_batch_tokens, max_queue=max_queue,
+                             max_client_queue=max_client_queue, batch_wait_ms=batch_wait_ms, batching=batching,
+                             reload_interval=reload_interval, threads=threads)
     settings.check()
     serve_app(settings)
 

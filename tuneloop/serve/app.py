@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Hashable
@@ -29,6 +30,8 @@ from tuneloop.serve.models import ModelHolder, ServedModel, load_initial
 from tuneloop.serve.schemas import ApiError, ChatRequest, ClassifyRequest, FeedbackRequest
 from tuneloop.serve.settings import ServeSettings
 
+log = logging.getLogger("tuneloop.serve")
+
 
 @dataclass
 class _State:
@@ -44,16 +47,55 @@ def _state(request: Request) -> _State:
 
 
 def _run_batch(key: Hashable, payloads: list[Any]) -> list[Any]:
-    """Run one batch in the model thread: key = (kind, served model)."""
+    """Run one batch in the model thread: key = (kind, served model); one payload per row.
+
+    If the batched call fails, every row runs alone, so a row that cannot run fails only its own
+    request (its result is the exception) and the rows batched with it are answered.
+    """
+    try:
+        return _run_rows(key, payloads)
+    except Exception:
+        if len(payloads) == 1:
+            raise
+        log.exception("a batch of %d rows failed; running its rows one at a time", len(payloads))
+        return [_run_alone(key, p) for p in payloads]
+
+
+def _run_rows(key: Hashable, payloads: list[Any]) -> list[Any]:
     kind, served = key
     if kind == "chat":
         return generate_rows(served.loaded, payloads)
-    flat = [t for texts in payloads for t in texts]
-    results, out, at = classify(served.loaded, flat), [], 0
-    for texts in payloads:
-        out.append(results[at : at + len(texts)])
-        at += len(texts)
-    return out
+    return classify(served.loaded, payloads)
+
+
+def _run_alone(key: Hashable, payload: Any) -> Any:
+    if isinstance(payload, ChatRow) and payload.streamed:  # running it again would send its text twice
+        return RuntimeError("the batch failed after this answer had started streaming")
+    try:
+        return _run_rows(key, [payload])[0]
+    except Exception as e:  # noqa: BLE001 (this row's own failure: answered to its request alone)
+        log.exception("a row failed on its own")
+        return e
+
+
+def _text_cost(text: str, max_length: int) -> int:
+    """Tokens a text will take, estimated without the tokenizer (about 4 characters a token, cut at max_length)."""
+    return min(len(text) // 4 + 8, max_length)
+
+
+def _admit(st: _State, request: Request, jobs: int) -> Hashable:
+    """The client of a request that may queue `jobs` more jobs; 429 or 503 (with Retry-After) if it may not."""
+    batcher, settings = st.batcher, st.settings
+    client = getattr(request.state, "client", None)
+    retry = {"Retry-After": str(batcher.wait_estimate())}
+    if batcher.queued_by(client) + jobs > settings.max_client_queue:
+        raise ApiError(429, f"too much work queued for this client ({batcher.queued_by(client)} jobs waiting, limit "
+                            f"{settings.max_client_queue}): retry after {retry['Retry-After']} s",
+                       code="rate_limit_exceeded", type="rate_limit_error", headers=retry)
+    if batcher.queued + jobs > settings.max_queue:
+        raise ApiError(503, f"the server is busy ({batcher.queued} jobs waiting, limit {settings.max_queue}): "
+                            f"retry after {retry['Retry-After']} s", code="server_busy", type="server_error", headers=retry)
+    return client
 
 
 # ---------------------------------------------------------------- routes
@@ -71,7 +113,7 @@ async def health(request: Request) -> dict[str, Any]:
     return {"status": st.holder.status, "model": served.name, "task": served.task, "kind": served.kind,
             "uptime_s": round(time.time() - st.started, 1), "loaded_at": int(served.loaded_at),
             "swaps": st.holder.swaps, "last_reload_error": st.holder.last_error,
-            "batching": st.settings.batching, "max_batch": st.batcher.max_batch,
+            "batching": st.settings.batching, "max_batch": st.batcher.max_batch, "queued": st.batcher.queued,
             "recent_mean_batch": round(sum(calls) / len(calls), 2) if (calls := st.batcher.calls) else None}
 
 
@@ -79,6 +121,16 @@ async def health(request: Request) -> dict[str, Any]:
 async def list_models(request: Request) -> dict[str, Any]:
     """The served model (OpenAI list shape)."""
     return {"object": "list", "data": [_state(request).holder.current.info()]}
+
+
+@api.get("/v1/models/{model_id:path}")
+async def retrieve_model(model_id: str, request: Request) -> dict[str, Any]:
+    """The served model, if `model_id` is its name (OpenAI's `client.models.retrieve`)."""
+    served = _state(request).holder.current
+    if model_id != served.name:
+        raise ApiError(404, f"model {model_id!r} is not served here; this server serves {served.name!r} (GET /v1/models)",
+                       param="model", code="model_not_found")
+    return served.info()
 
 
 def _wrong_task(served: ServedModel, wanted: str) -> ApiError:
@@ -132,11 +184,12 @@ async def chat_completions(body: ChatRequest, request: Request) -> dict[str, Any
     if served.task != "generate":
         raise _wrong_task(served, "chat completions")
     row = _chat_row(st, served, body)
+    client = _admit(st, request, 1)
     rid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
     if body.stream:
-        return StreamingResponse(_stream(st, served, body, row, rid, created), media_type="text/event-stream",
+        return StreamingResponse(_stream(st, served, body, row, rid, created, client), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache"})
-    out = await st.batcher.submit(("chat", served), row)
+    out = await st.batcher.submit(("chat", served), row, cost=len(row.prompt_ids), client=client)
     response = _completion(rid, served, created, out)
     await _record(st, served, "chat", body.model_dump(exclude_none=True), response, rid)
     return response
@@ -147,11 +200,11 @@ def _sse(obj: Any) -> str:
 
 
 async def _stream(st: _State, served: ServedModel, body: ChatRequest, row: ChatRow, rid: str,
-                  created: int) -> AsyncIterator[str]:
+                  created: int, client: Hashable) -> AsyncIterator[str]:
     """Chunks as the model thread produces text; the record of the full answer is stored before [DONE]."""
     loop, pieces = asyncio.get_running_loop(), asyncio.Queue()
     row.emit = lambda text: loop.call_soon_threadsafe(pieces.put_nowait, text)
-    job = asyncio.ensure_future(st.batcher.submit(("chat", served), row))
+    job = asyncio.ensure_future(st.batcher.submit(("chat", served), row, cost=len(row.prompt_ids), client=client))
 
     def finished(task: asyncio.Future) -> None:
         # The job's result arrives after every piece it emitted: None marks the end of the text.
@@ -197,7 +250,11 @@ async def classify_texts(body: ClassifyRequest, request: Request) -> dict[str, A
     if len(texts) > st.settings.max_inputs:
         raise ApiError(400, f"{len(texts)} texts in one request; the limit is {st.settings.max_inputs}: split the batch",
                        param="input", code="too_many_inputs")
-    results = await st.batcher.submit(("classify", served), texts, size=len(texts))
+    # One job per text: long requests run as micro-batches interleaved with other clients' work.
+    max_length = served.loaded.cfg.train.max_length
+    client = _admit(st, request, len(texts))
+    results = await st.batcher.submit_many(("classify", served), texts, [_text_cost(t, max_length) for t in texts],
+                                           client=client)
     rid = f"cls-{uuid.uuid4().hex}"
     response = {"id": rid, "object": "classification", "created": int(time.time()), "model": served.name,
                 "data": [{"index": i, **r} for i, r in enumerate(results)]}
@@ -229,7 +286,7 @@ async def feedback(body: FeedbackRequest, request: Request,
 
 @api.post("/admin/reload")
 async def reload(request: Request) -> dict[str, Any]:
-    """Check the registry's promoted model now (instead of at the next interval); swap if it changed."""
+    """Check the registry's promoted model now (instead of at the next interval); swap if it changed (admin key)."""
     st = _state(request)
     swapped = await st.holder.refresh()
     return {"model": st.holder.current.name, "swapped": swapped, "last_reload_error": st.holder.last_error}
@@ -260,7 +317,7 @@ def create_app(settings: ServeSettings) -> FastAPI:
     current, registry = load_initial(settings.model, settings.registry, settings.name)
     holder = ModelHolder(current, registry)
     batcher = Batcher(_run_batch, max_batch=settings.max_batch if settings.batching else 1,
-                      wait_s=settings.batch_wait_ms / 1000)
+                      wait_s=settings.batch_wait_ms / 1000, max_cost=settings.max_batch_tokens)
     state = _State(settings, holder, FeedbackStore(settings.feedback_db), batcher, time.time())
 
     @asynccontextmanager

@@ -1,16 +1,24 @@
-"""Dynamic batching: concurrent requests are gathered and run as one model call in one worker thread.
+"""Dynamic batching with fair shares: concurrent jobs run as one model call in one worker thread.
 
 torch runs one model call at a time here (a second thread would only fight the first for the same
-cores), so every call goes through a single worker thread. While it runs, new requests queue up;
-the next batch takes them at once (up to `max_batch`), and a lone request waits at most `wait_s`
-for company. Jobs with the same key (same model, same kind of call) share a call; a gathered batch
-with several keys runs one call per key, in arrival order.
+cores), so every call goes through a single worker thread. While it runs, new jobs queue up; the
+next batch takes them at once, and a lone job waits at most `wait_s` for company.
+
+Each job belongs to a flow (one request: a chat request is one job, a classify request one job per
+text). Batches are filled by deficit round robin over the flows, weighed by each job's cost (its
+tokens): every batch gives each waiting flow an equal share of `max_cost`, so a request of 256 long
+texts runs as many small micro-batches, side by side with the other clients' requests, instead of
+holding the model thread for minutes. A flow alone gets whole batches. Jobs with the same key
+(same model, same kind of call) share a call; a batch with several keys runs one call per key.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
+import time
+from collections import deque
 from collections.abc import Callable, Hashable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -26,29 +34,42 @@ RunBatch = Callable[[Hashable, list[Any]], Sequence[Any]]
 class _Job:
     key: Hashable
     payload: Any
-    size: int
+    cost: float
+    client: Hashable
     future: asyncio.Future = field(repr=False)
 
 
+@dataclass
+class _Flow:
+    jobs: deque[_Job] = field(default_factory=deque)
+    credit: float = 0.0  # the deficit counter of deficit round robin
+
+
 class Batcher:
-    """Gathers submitted jobs into batches and runs them in one worker thread.
+    """Gathers submitted jobs into fair batches and runs them in one worker thread.
 
     Args:
         run: Called in the worker thread with a key and the payloads of the jobs sharing it.
-        max_batch: Most job sizes (requests, or texts for classify) in one call; 1 turns batching off.
+        max_batch: Most jobs (requests, or texts for classify) in one call; 1 turns batching off.
         wait_s: Longest a batch's first job waits for more jobs.
+        max_cost: Cost (tokens) one batch aims at; every waiting flow gets an equal share of it.
     """
 
-    def __init__(self, run: RunBatch, *, max_batch: int, wait_s: float) -> None:
-        self._run, self.max_batch, self.wait_s = run, max_batch, wait_s
-        self._queue: asyncio.Queue[_Job] | None = None
+    def __init__(self, run: RunBatch, *, max_batch: int, wait_s: float, max_cost: float = 4096) -> None:
+        self._run, self.max_batch, self.wait_s, self.max_cost = run, max_batch, wait_s, max_cost
+        self._flows: dict[Hashable, _Flow] = {}  # insertion order is the round-robin order
+        self._wake: asyncio.Event | None = None
         self._task: asyncio.Task | None = None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tuneloop-model")
         self.calls: list[int] = []  # jobs per model call, most recent last (for /health and tests)
+        self.queued = 0  # jobs waiting or running
+        self.queued_cost = 0.0
+        self._by_client: dict[Hashable, int] = {}
+        self._rate = 0.0  # cost per second of recent model calls (for Retry-After)
 
     def start(self) -> None:
         """Start gathering (inside the running event loop)."""
-        self._queue = asyncio.Queue()
+        self._wake = asyncio.Event()
         self._task = asyncio.get_running_loop().create_task(self._loop())
 
     async def stop(self) -> None:
@@ -58,45 +79,109 @@ class Batcher:
             await asyncio.gather(self._task, return_exceptions=True)
         self._executor.shutdown(wait=True)
 
-    async def submit(self, key: Hashable, payload: Any, size: int = 1) -> Any:
-        """Queue one job and wait for its result (its exception is raised here)."""
-        assert self._queue is not None, "Batcher.start() was not called"
-        future = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait(_Job(key, payload, size, future))
-        return await future
+    def queued_by(self, client: Hashable) -> int:
+        """Jobs of `client` waiting or running."""
+        return self._by_client.get(client, 0)
+
+    def wait_estimate(self, extra_cost: float = 0.0) -> int:
+        """Seconds until the queue (plus `extra_cost`) is likely worked off, 1..60: a Retry-After value."""
+        if self._rate <= 0:
+            return 1
+        return max(1, min(60, math.ceil((self.queued_cost + extra_cost) / self._rate)))
+
+    async def submit(self, key: Hashable, payload: Any, cost: float = 1.0, client: Hashable = None) -> Any:
+        """Queue one job as its own flow and wait for its result (its exception is raised here)."""
+        return (await self.submit_many(key, [payload], [cost], client=client))[0]
+
+    async def submit_many(self, key: Hashable, payloads: Sequence[Any], costs: Sequence[float],
+                          client: Hashable = None) -> list[Any]:
+        """Queue the jobs of one request as one flow and wait for all their results.
+
+        Raises:
+            Exception: the first failed job's exception (the request's jobs not yet run are dropped).
+        """
+        assert self._wake is not None, "Batcher.start() was not called"
+        loop, flow = asyncio.get_running_loop(), _Flow()
+        jobs = [_Job(key, p, max(float(c), 1e-9), client, loop.create_future()) for p, c in zip(payloads, costs)]
+        flow.jobs.extend(jobs)
+        self._flows[object()] = flow
+        self._account(jobs, +1)
+        self._wake.set()
+        try:
+            return list(await asyncio.gather(*(j.future for j in jobs)))
+        finally:
+            for j in jobs:  # a client that left: its jobs that did not run yet are skipped
+                j.future.cancel()
+
+    def _account(self, jobs: Sequence[_Job], sign: int) -> None:
+        for j in jobs:
+            self.queued += sign
+            self.queued_cost += sign * j.cost
+            self._by_client[j.client] = self._by_client.get(j.client, 0) + sign
+            if not self._by_client[j.client]:
+                del self._by_client[j.client]
+
+    def _take(self) -> list[_Job]:
+        """One batch by deficit round robin over the flows, at most `max_batch` jobs and about `max_cost`.
+
+        Each round gives every waiting flow `max_cost / flows` of credit and lets it add jobs while
+        its credit covers them, at most its share of the batch's places; rounds repeat until the
+        batch is full or nothing more fits. A flow keeps unused credit while it has jobs waiting.
+        """
+        for fid in [fid for fid, f in self._flows.items() if all(j.future.done() for j in f.jobs)]:
+            self._account(list(self._flows.pop(fid).jobs), -1)  # every job's client left
+        batch: list[_Job] = []
+        cost = 0.0
+        while self._flows and len(batch) < self.max_batch:
+            quantum, places, took = self.max_cost / len(self._flows), -(-self.max_batch // len(self._flows)), False
+            for fid in list(self._flows):
+                flow = self._flows.pop(fid)
+                flow.credit += quantum
+                for _ in range(places):
+                    job = flow.jobs[0] if flow.jobs else None
+                    if job is None or len(batch) >= self.max_batch or job.cost > flow.credit or (batch and cost + job.cost > self.max_cost):
+                        break
+                    flow.jobs.popleft()
+                    flow.credit -= job.cost
+                    if job.future.done():  # its client left
+                        self._account([job], -1)
+                        continue
+                    batch.append(job)
+                    cost, took = cost + job.cost, True
+                if flow.jobs:  # back of the line, keeping its credit
+                    self._flows[fid] = flow
+            if batch and not took:
+                break
+        return batch
 
     async def _gather(self) -> list[_Job]:
-        assert self._queue is not None
-        jobs = [await self._queue.get()]
-        size = jobs[0].size
-        deadline = asyncio.get_running_loop().time() + self.wait_s
-        while size < self.max_batch:
-            remaining = deadline - asyncio.get_running_loop().time()
-            try:
-                job = self._queue.get_nowait() if remaining <= 0 else await asyncio.wait_for(self._queue.get(), remaining)
-            except (asyncio.QueueEmpty, TimeoutError):
-                break
-            jobs.append(job)
-            size += job.size
-        return jobs
+        assert self._wake is not None
+        while not self._flows:
+            self._wake.clear()
+            await self._wake.wait()
+        if self.wait_s > 0 and sum(len(f.jobs) for f in self._flows.values()) < self.max_batch:
+            await asyncio.sleep(self.wait_s)  # a lone job waits for company
+        return self._take()
 
     async def _loop(self) -> None:
         while True:
-            jobs = [j for j in await self._gather() if not j.future.done()]  # drop jobs whose client left
             groups: dict[Hashable, list[_Job]] = {}
-            for job in jobs:
+            for job in await self._gather():
                 groups.setdefault(job.key, []).append(job)
             for key, group in groups.items():
                 await self._call(key, group)
 
     async def _call(self, key: Hashable, jobs: list[_Job]) -> None:
         self.calls = [*self.calls[-99:], len(jobs)]
-        loop = asyncio.get_running_loop()
+        loop, started = asyncio.get_running_loop(), time.perf_counter()
         try:
             results = await loop.run_in_executor(self._executor, self._run, key, [j.payload for j in jobs])
         except Exception as e:  # noqa: BLE001 (a failed call fails its jobs, never the loop)
             log.exception("model call failed")
             results = [e] * len(jobs)
+        rate = sum(j.cost for j in jobs) / max(time.perf_counter() - started, 1e-6)
+        self._rate = rate if self._rate <= 0 else 0.8 * self._rate + 0.2 * rate
+        self._account(jobs, -1)
         for job, result in zip(jobs, results):
             if job.future.done():
                 continue

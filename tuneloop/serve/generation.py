@@ -33,6 +33,7 @@ class ChatRow:
     seed: int | None = None
     emit: Callable[[str], None] | None = None  # streaming: called (in the model thread) with each new piece of text
     cancelled: bool = False  # set when a streaming client goes away: the row stops at its next token
+    streamed: bool = False  # some text was sent to the client already
 
 
 @dataclass
@@ -59,16 +60,33 @@ class _PerRowSampling(LogitsProcessor):
         for i, row in enumerate(self.rows):
             if row.temperature <= 0:
                 continue
-            probs = torch.softmax(scores[i].float() / row.temperature, dim=-1)
-            if row.top_p < 1.0:
-                sorted_p, order = probs.sort(descending=True)
-                # Keep the smallest set of most likely tokens whose mass reaches top_p (at least one).
-                sorted_p[(sorted_p.cumsum(0) - sorted_p) >= row.top_p] = 0.0
-                probs = torch.zeros_like(probs).scatter_(0, order, sorted_p)
-            token = torch.multinomial(probs.cpu(), 1, generator=self.generators[i]).item()
+            token = sample(scores[i], row.temperature, row.top_p, self.generators[i])
             scores[i] = float("-inf")
             scores[i, token] = 0.0
         return scores
+
+
+def sample(logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator | None = None) -> int:
+    """One token id drawn from `softmax(logits / temperature)`, cut to the `top_p` nucleus.
+
+    Computed in float64 after subtracting the largest logit, so any temperature above 0 gives a
+    valid distribution (a tiny one puts all the mass on the most likely token), and the most likely
+    token always stays in the nucleus however small `top_p` is.
+
+    Example:
+        >>> sample(torch.tensor([0.0, 5.0, 1.0]), 1e-300, 1e-300)
+        1
+    """
+    z = logits.double()
+    probs = torch.softmax((z - z.max()) / temperature, dim=-1)
+    if top_p < 1.0:
+        sorted_p, order = probs.sort(descending=True)
+        # Keep the smallest set of most likely tokens whose mass reaches top_p (at least one).
+        drop = (sorted_p.cumsum(0) - sorted_p) >= top_p
+        drop[0] = False
+        sorted_p[drop] = 0.0
+        probs = torch.zeros_like(probs).scatter_(0, order, sorted_p)
+    return int(torch.multinomial(probs.cpu(), 1, generator=generator).item())
 
 
 class _RowTracker(StoppingCriteria):
@@ -119,6 +137,7 @@ class _RowTracker(StoppingCriteria):
         while not final and upto > self.sent[i] and text[upto - 1] == "\ufffd":
             upto -= 1  # an incomplete multi-byte character: wait for the rest of its bytes
         if upto > self.sent[i]:
+            self.rows[i].streamed = True
             emit(text[self.sent[i] : upto])
             self.sent[i] = upto
 

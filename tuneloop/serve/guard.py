@@ -1,8 +1,10 @@
 """What stands before the routes: API keys, the body size limit, and every error in the OpenAI shape.
 
-`Guard` is an ASGI middleware that answers 401 (no or wrong key) and 413 (declared body too large)
-before a byte of the body is read, so an unauthenticated client cannot make the server parse
-anything. A body without a Content-Length is counted as it arrives and refused once past the limit.
+`Guard` is an ASGI middleware that answers 401 (no or wrong key), 403 (an ordinary key on an admin
+path) and 413 (declared body too large) before a byte of the body is read, so an unauthenticated
+client cannot make the server parse anything. A body without a Content-Length is counted as it
+arrives and refused once past the limit. It also names the client (its key, or its address without
+auth) in `request.state.client`, so that queue limits apply per client.
 """
 
 from __future__ import annotations
@@ -18,10 +20,11 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tuneloop.errors import TuneloopError
 from tuneloop.serve.schemas import ApiError, validation_error
-from tuneloop.serve.settings import ServeSettings
+from tuneloop.serve.settings import ADMIN_KEYS_ENV, ServeSettings
 
-# Paths that need a key; /health and the OpenAPI docs stay open.
-PROTECTED = ("/v1/", "/admin/")
+# Paths that need a key (admin paths an admin key); /health and the OpenAPI docs stay open.
+PROTECTED = "/v1/"
+ADMIN = "/admin/"
 
 
 def check_key(authorization: str, keys: list[str]) -> ApiError | None:
@@ -53,7 +56,8 @@ class Guard:
 
     def __init__(self, app: ASGIApp, settings: ServeSettings) -> None:
         self.app, self.settings = app, settings
-        self.keys = settings.keys()
+        self.admin_keys = settings.admin_key_list()
+        self.keys = [*settings.keys(), *self.admin_keys]  # an admin key may also call the API
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
@@ -62,6 +66,9 @@ class Guard:
                 await error_response(error)(scope, receive, send)
                 return
             receive = self._counting(receive)
+            _, _, key = Headers(scope=scope).get("authorization", "").partition(" ")
+            peer = (scope.get("client") or ("?",))[0]
+            scope.setdefault("state", {})["client"] = f"key:{key.strip()}" if key.strip() else f"addr:{peer}"
         await self.app(scope, receive, send)
 
     def _counting(self, receive: Receive) -> Receive:
@@ -79,7 +86,11 @@ class Guard:
 
     def _check(self, scope: Scope) -> ApiError | None:
         headers = Headers(scope=scope)
-        if not self.settings.no_auth and scope["path"].startswith(PROTECTED):
+        if scope["path"].startswith(ADMIN):
+            error = self._check_admin(headers.get("authorization", ""))
+            if error is not None:
+                return error
+        elif not self.settings.no_auth and scope["path"].startswith(PROTECTED):
             error = check_key(headers.get("authorization", ""), self.keys)
             if error is not None:
                 return error
@@ -89,6 +100,20 @@ class Guard:
         return None
 
 
+    def _check_admin(self, authorization: str) -> ApiError | None:
+        """Admin paths need an admin key; without any, only a --no-auth server (loopback) is open."""
+        if not self.admin_keys:
+            if self.settings.no_auth:
+                return None
+            return ApiError(403, "admin actions are disabled: start the server with --admin-key KEY "
+                                 f"(or ${ADMIN_KEYS_ENV}) and call them with that key", code="admin_key_required")
+        error = check_key(authorization, self.admin_keys)
+        if error is not None and check_key(authorization, self.keys) is None:  # a valid key, but not an admin key
+            return ApiError(403, "this key may not run admin actions: use an admin key (--admin-key)",
+                            code="admin_key_required")
+        return error
+
+
 def _too_large(settings: ServeSettings) -> ApiError:
     return ApiError(413, f"request body too large: the limit is {settings.max_body_bytes:,} bytes",
                     code="request_too_large")
@@ -96,7 +121,7 @@ def _too_large(settings: ServeSettings) -> ApiError:
 
 def error_response(e: ApiError) -> JSONResponse:
     """The JSON response for an API error (401s say which scheme to use)."""
-    headers = {"WWW-Authenticate": "Bearer"} if e.status == 401 else None
+    headers = {"WWW-Authenticate": "Bearer", **e.headers} if e.status == 401 else e.headers
     return JSONResponse(e.body(), status_code=e.status, headers=headers)
 
 

@@ -51,9 +51,9 @@ class ServedModel:
         return getattr(self.loaded.model.config, "max_position_embeddings", None)
 
     def info(self) -> dict[str, Any]:
-        """The model as /v1/models and /health describe it."""
+        """The model as /v1/models describes it: its name, never where it lies on the server's disk."""
         return {"id": self.name, "object": "model", "created": int(self.loaded_at), "owned_by": "tuneloop",
-                "task": self.task, "kind": self.kind, "labels": self.labels, "path": str(self.run_dir)}
+                "task": self.task, "kind": self.kind, "labels": self.labels}
 
 
 def load_served(run_dir: Path | str, name: str | None = None) -> ServedModel:

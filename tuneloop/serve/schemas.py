@@ -1,23 +1,34 @@
 """Request bodies of the API (validated by FastAPI) and errors in the OpenAI shape.
 
-Unknown fields are refused, so a misspelt parameter (`max_token`) is an error rather than ignored.
+Unknown fields are refused, so a misspelt parameter (`max_token`) is an error rather than ignored,
+and types are strict: `"10"` is not a number and `true` is not 1.
 Every error a client can cause answers `{"error": {"message", "type", "param", "code"}}` with a 4xx.
 """
 
 from __future__ import annotations
 
+import json
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+
+
+class ParamError(ValueError):
+    """A request value the server cannot honour, raised inside a validator: the 400 names `param`."""
+
+    def __init__(self, param: str, message: str) -> None:
+        super().__init__(message)
+        self.param = param
 
 
 class ApiError(Exception):
     """An error answered to the client in the OpenAI error shape."""
 
     def __init__(self, status: int, message: str, *, param: str | None = None, code: str | None = None,
-                 type: str = "invalid_request_error") -> None:
+                 type: str = "invalid_request_error", headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.status, self.message, self.param, self.code, self.type = status, message, param, code, type
+        self.headers = headers or {}
 
     def body(self) -> dict[str, Any]:
         """The JSON body: `{"error": {...}}`."""
@@ -25,7 +36,8 @@ class ApiError(Exception):
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # strict: no coercion ("10" is not 10, true is not 1 star); no NaN or infinity in any number.
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
 
 def _encodable(text: str) -> str:
@@ -67,27 +79,72 @@ class StreamOptions(_Strict):
     include_usage: bool = Field(False, description="Send a last chunk with token counts.")
 
 
+# What the sampler takes: a temperature below this is greedy in all but name (use 0), and a top_p
+# below this keeps only the most likely token anyway (float32 probabilities cannot tell them apart).
+MIN_TEMPERATURE = 1e-3
+MIN_TOP_P = 1e-6
+# torch.Generator.manual_seed takes any 64-bit value, signed or unsigned.
+SEED_RANGE = (-(2**63), 2**64 - 1)
+
+
+class ResponseFormat(_Strict):
+    """`response_format`: only plain text is produced."""
+
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: dict[str, Any] | None = None
+
+
 class ChatRequest(_Strict):
-    """POST /v1/chat/completions (the OpenAI parameters this server implements)."""
+    """POST /v1/chat/completions (the OpenAI parameters this server implements).
+
+    Parameters the official client sends with values that change nothing here (penalties of 0,
+    `logprobs: false`, a text `response_format`, `store`, `parallel_tool_calls`, ...) are accepted;
+    values the server cannot honour are refused with a 400 naming the parameter.
+    """
 
     model: Text | None = Field(None, description="Accepted and ignored: the server serves one model (see GET /v1/models).")
     messages: list[Message] = Field(min_length=1)
-    temperature: float = Field(1.0, ge=0, le=2, description="0: greedy (deterministic); above 0: sampling.")
-    top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling mass.")
+    temperature: float = Field(1.0, ge=0, le=2, description=f"0: greedy (deterministic); {MIN_TEMPERATURE} to 2: sampling.")
+    top_p: float = Field(1.0, ge=MIN_TOP_P, le=1, description="Nucleus sampling mass.")
     max_tokens: int | None = Field(None, ge=1, description="Most tokens to generate (default and limit: the server's --max-tokens).")
     max_completion_tokens: int | None = Field(None, ge=1, description="Same as max_tokens (newer OpenAI name); wins if both are given.")
     stop: Text | list[Text] | None = Field(None, description="Up to 4 strings that end the answer (not included).")
     n: int = Field(1, ge=1, le=1, description="Choices per request: only 1 is supported.")
     stream: bool = Field(False, description="Stream the answer as server-sent events.")
     stream_options: StreamOptions | None = None
-    seed: int | None = Field(None, description="Seed for sampling (the same seed and prompt give the same answer).")
+    seed: int | None = Field(None, ge=SEED_RANGE[0], le=SEED_RANGE[1],
+                             description="Seed for sampling (the same seed and prompt give the same answer).")
     user: Text | None = Field(None, description="An end-user id, stored with the response.")
+    frequency_penalty: float = Field(0.0, ge=-2, le=2, description="Only 0 (no penalty) is supported.")
+    presence_penalty: float = Field(0.0, ge=-2, le=2, description="Only 0 (no penalty) is supported.")
+    logprobs: bool = Field(False, description="Only false: token log-probabilities are not returned.")
+    top_logprobs: int | None = Field(None, ge=0, le=20, description="Only 0 or absent (see logprobs).")
+    logit_bias: dict[str, float] | None = Field(None, description="Only empty: logit bias is not supported.")
+    response_format: ResponseFormat | None = Field(None, description='Only {"type": "text"}: answers are plain text.')
+    tools: list[dict[str, Any]] | None = Field(None, description="Only empty: tool calls are not supported.")
+    tool_choice: Literal["none", "auto"] | None = Field(None, description='"none" or "auto" (there are no tools to call).')
+    parallel_tool_calls: bool | None = Field(None, description="Accepted and ignored (there are no tools).")
+    store: bool | None = Field(None, description="Accepted; the server records every response so that it can be rated.")
+    metadata: dict[Text, Text] | None = Field(None, description="Accepted and ignored.")
 
     @model_validator(mode="after")
-    def _stops(self) -> ChatRequest:
+    def _supported(self) -> ChatRequest:
         stops = self.stop_list()
         if len(stops) > 4 or any(not s for s in stops):
-            raise ValueError("stop must be at most 4 non-empty strings")
+            raise ParamError("stop", "stop must be at most 4 non-empty strings")
+        if 0 < self.temperature < MIN_TEMPERATURE:
+            raise ParamError("temperature", f"temperature {self.temperature:g} is too small to sample with: "
+                                            f"use 0 for greedy decoding or a value from {MIN_TEMPERATURE:g} to 2")
+        unsupported = {
+            "frequency_penalty": self.frequency_penalty != 0, "presence_penalty": self.presence_penalty != 0,
+            "logprobs": self.logprobs, "top_logprobs": bool(self.top_logprobs), "logit_bias": bool(self.logit_bias),
+            "response_format": self.response_format is not None and self.response_format.type != "text",
+            "tools": bool(self.tools),
+        }
+        for param, refused in unsupported.items():
+            if refused:
+                raise ParamError(param, f"{param} {getattr(self, param)!r:.80} is not supported by this server; "
+                                        "leave it out (or send its default)")
         return self
 
     def stop_list(self) -> list[str]:
@@ -141,6 +198,12 @@ def validation_error(errors: list[dict[str, Any]]) -> ApiError:
     loc = [str(p) for p in first.get("loc", ()) if p != "body" and p not in _TYPE_NAMES and "[" not in str(p)]
     param = ".".join(loc) or None
     msg = str(first.get("msg", "invalid value")).removeprefix("Value error, ")
+    error = (first.get("ctx") or {}).get("error")
+    if isinstance(error, ParamError):  # a value the server cannot honour, found by a model validator
+        return ApiError(400, str(error), param=error.param, code="unsupported_value")
+    if first.get("type") == "missing" and param is None:
+        return ApiError(400, "the request body is empty: send a JSON object with 'Content-Type: application/json'",
+                        code="missing_body")
     if first.get("type") == "missing":
         return ApiError(400, f"missing required field '{param}'", param=param, code="missing_field")
     if first.get("type") == "extra_forbidden":
@@ -148,5 +211,14 @@ def validation_error(errors: list[dict[str, Any]]) -> ApiError:
     if isinstance(first.get("input"), bytes):  # a body FastAPI did not parse as JSON
         return ApiError(400, "the body must be a JSON object sent with 'Content-Type: application/json'", code="invalid_json")
     where = f"field '{param}'" if param else "request body"
-    got = "" if "input" not in first or isinstance(first["input"], dict) else f" (got {first['input']!r:.80})"
+    got = "" if "input" not in first or isinstance(first["input"], dict) else f" (got {_short(first['input'])})"
     return ApiError(400, f"{where}: {msg}{got}", param=param, code="invalid_value")
+
+
+def _short(value: Any) -> str:
+    """A value for an error message: its JSON spelling (true, "10"), at most 80 characters."""
+    try:
+        text = json.dumps(value, ensure_ascii=True)
+    except (TypeError, ValueError):
+        text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."

@@ -7,12 +7,13 @@ import os
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from tuneloop.config import FeedbackConfig, format_validation_error
 from tuneloop.errors import TuneloopError
 
 API_KEYS_ENV = "TUNELOOP_API_KEYS"
+ADMIN_KEYS_ENV = "TUNELOOP_ADMIN_KEYS"
 
 
 class ServeSettings(BaseModel):
@@ -26,11 +27,16 @@ class ServeSettings(BaseModel):
     host: str = Field("127.0.0.1", description="Interface to listen on.")
     port: int = Field(8000, ge=0, le=65535, description="TCP port (0: any free port).")
     api_keys: list[str] = Field(default_factory=list, description=f"Accepted bearer keys; ${API_KEYS_ENV} (comma-separated) adds more.")
+    admin_keys: list[str] = Field(default_factory=list, description=f"Keys for /admin/* (reload); ${ADMIN_KEYS_ENV} adds more. "
+                                  "Ordinary keys get 403 there.")
     no_auth: bool = Field(False, description="Accept requests without a key (only on a loopback host).")
     max_body_bytes: int = Field(1_000_000, gt=0, description="Largest request body accepted (413 above).")
     max_tokens: int = Field(512, gt=0, description="Largest `max_tokens` a chat request may ask for.")
     max_inputs: int = Field(256, gt=0, description="Most texts in one /v1/classify request.")
     max_batch: int = Field(16, gt=0, description="Most requests (classify: texts) run in one batched model call.")
+    max_batch_tokens: int = Field(4096, gt=0, description="Tokens one batched call aims at, shared equally by the waiting requests.")
+    max_queue: int = Field(4096, gt=0, description="Most jobs (chat requests, classify texts) waiting in all; above: 503 with Retry-After.")
+    max_client_queue: int = Field(1024, gt=0, description="Most jobs one client (API key) may have waiting; above: 429 with Retry-After.")
     batch_wait_ms: float = Field(10.0, ge=0, description="How long the first request of a batch waits for company.")
     batching: bool = Field(True, description="Gather concurrent requests into batches (off: one request per model call).")
     reload_interval: float = Field(2.0, gt=0, description="Seconds between checks of the registry's promoted model.")
@@ -39,8 +45,18 @@ class ServeSettings(BaseModel):
 
     def keys(self) -> list[str]:
         """The accepted API keys: `api_keys` plus those in $TUNELOOP_API_KEYS."""
-        env = [k.strip() for k in os.environ.get(API_KEYS_ENV, "").split(",")]
-        return [k for k in dict.fromkeys([*self.api_keys, *env]) if k]
+        return _with_env(self.api_keys, API_KEYS_ENV)
+
+    def admin_key_list(self) -> list[str]:
+        """The admin keys: `admin_keys` plus those in $TUNELOOP_ADMIN_KEYS."""
+        return _with_env(self.admin_keys, ADMIN_KEYS_ENV)
+
+    @model_validator(mode="after")
+    def _limits(self) -> ServeSettings:
+        if not self.max_inputs <= self.max_client_queue <= self.max_queue:
+            raise ValueError(f"need max_inputs ({self.max_inputs}) <= max_client_queue ({self.max_client_queue}) "
+                             f"<= max_queue ({self.max_queue}): a request must fit in the queue")
+        return self
 
     def check(self) -> None:
         """Refuse settings that would expose the model without authentication.
@@ -53,11 +69,18 @@ class ServeSettings(BaseModel):
                 f"--no-auth is only allowed on a loopback host (127.0.0.1, ::1, localhost), not {self.host!r}; "
                 f"give --api-key KEY (or set {API_KEYS_ENV}) to serve on {self.host}"
             )
-        if not self.no_auth and not self.keys():
+        if set(self.keys()) & set(self.admin_key_list()):
+            raise TuneloopError("a key is both an API key and an admin key: give admin keys that are not API keys")
+        if not self.no_auth and not self.keys() and not self.admin_key_list():
             raise TuneloopError(
                 f"no API key: give --api-key KEY (or set {API_KEYS_ENV}=key1,key2), "
                 "or --no-auth to serve without keys on 127.0.0.1"
             )
+
+
+def _with_env(keys: list[str], env: str) -> list[str]:
+    extra = [k.strip() for k in os.environ.get(env, "").split(",")]
+    return [k for k in dict.fromkeys([*keys, *extra]) if k]
 
 
 def is_loopback(host: str) -> bool:
