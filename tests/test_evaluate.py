@@ -163,7 +163,9 @@ def test_score_generation_uses_exact_match_for_correctness() -> None:
     assert g["exact_match"] == 0.5 and g["ci"]["token_f1"] is None
     assert scored.metrics["systems"]["tuned"]["perplexity"] == pytest.approx(2.718281828)
     assert [p["tuned_correct"] for p in scored.predictions] == [True, False]
-    assert len(scored.fixed) == 1 and len(scored.broken) == 1
+    # Free text has no fixed/broken: the examples that changed most by token F1, against the base.
+    assert scored.fixed == scored.broken == [] and scored.metrics["examples_against"] == "base"
+    assert [p["id"] for p in scored.most_improved] == ["1"] and [p["id"] for p in scored.most_worsened] == ["2"]
 
 
 def test_write_outputs_and_summary(tmp_path: Path) -> None:
@@ -176,7 +178,8 @@ def test_write_outputs_and_summary(tmp_path: Path) -> None:
     assert metrics["systems"]["baseline"]["classification"]["accuracy"] == pytest.approx(2 / 3)
     assert preds[1] == {"id": "1", "input": "text 1", "reference": "b", "tuned_label": "b", "tuned_correct": True,
                         "baseline_label": "a", "baseline_correct": False}
-    assert json.loads((out / "fixed_broken.json").read_text()) == {"fixed": [], "broken": []}
+    examples = json.loads((out / "fixed_broken.json").read_text())
+    assert examples["against"] == "baseline" and examples["fixed"] == [preds[1]] and examples["broken"] == []
     assert summary_table(metrics).row_count == 2
 
 
@@ -258,9 +261,10 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str, str], Pa
 
 
 @pytest.mark.parametrize(("task", "classify_as"), [("classify", "generate"), ("classify", "head"), ("generate", "generate")])
-def test_cli_eval_end_to_end(trained: Callable[[str, str], Path], task: str, classify_as: str) -> None:
+def test_cli_eval_end_to_end(trained: Callable[[str, str], Path], task: str, classify_as: str, tiny_bert: Path) -> None:
     run = trained(task, classify_as)
-    result = CliRunner().invoke(app, ["eval", str(run), "--max-examples", "12"], env={"COLUMNS": "120"})
+    result = CliRunner().invoke(app, ["eval", str(run), "--max-examples", "12", "--semantic-model", str(tiny_bert)],
+                                env={"COLUMNS": "120"})
     assert result.exit_code == 0, result.output
     assert "test examples" in result.output and "report.html" in result.output
     metrics = json.loads((run / "eval" / "metrics.json").read_text())
@@ -276,7 +280,18 @@ def test_cli_eval_end_to_end(trained: Callable[[str, str], Path], task: str, cla
     assert (run / "report.html").stat().st_size > 10_000
     assert metrics["environment"]["torch"] and metrics["train_summary"]["steps"] == 20
     hashed = {Path(p).name for p in metrics["data_hashes"]}
-    assert hashed == ({"test.jsonl", "train.jsonl"} if task == "classify" else {"test.jsonl"})
+    assert hashed == {"test.jsonl", "train.jsonl"}  # the TF-IDF baseline and the k-shot examples learn from train
+    # The base model's k-shot baseline runs wherever the base is a language model.
+    assert ("base_kshot" in metrics["systems"]) == (classify_as == "generate")
+    if task == "classify" and classify_as == "generate":  # the base answers by label likelihood: never unparseable
+        assert base["classification"]["unparseable"] == 0 and metrics["headline"]["metric"] == "macro_f1"
+    if task == "generate":
+        scores = json.loads(preds[0])["tuned_scores"]
+        assert set(scores) == {"token_f1", "rouge_l", "semantic", "exact_match", "loss"}
+        assert set(metrics["paired"]) == {"tuned_vs_base", "tuned_vs_base_kshot"}
+        assert set(metrics["paired"]["tuned_vs_base"]) == set(scores)
+        assert all(tuned["generation"]["ci"][k] for k in scores)
+        assert metrics["headline"]["metric"] == "token_f1" and "pvalue" in metrics["headline"]["vs"]["base"]
 
 
 def test_cli_eval_without_base_and_bad_run(trained: Callable[[str, str], Path], tmp_path: Path) -> None:

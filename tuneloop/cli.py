@@ -141,13 +141,18 @@ def eval_(
     batch_size: Optional[int] = typer.Option(None, help="Examples per generation batch."),
     max_new_tokens: Optional[int] = typer.Option(None, help="Generation limit."),
     max_examples: Optional[int] = typer.Option(None, help="Evaluate on at most this many examples."),
+    shots: Optional[int] = typer.Option(None, help="In-context examples for the base k-shot baseline (per label for classify; 0: none)."),
+    metric: Optional[str] = typer.Option(None, help="Headline metric: auto, macro_f1, accuracy, token_f1, rouge_l, semantic, exact_match, loss."),
+    semantic_model: Optional[str] = typer.Option(None, help="Sentence encoder for semantic similarity (folder or `minilm`)."),
+    judge_url: Optional[str] = typer.Option(None, help="OpenAI-compatible endpoint (…/v1) of a pairwise judge (generate)."),
 ) -> None:
-    """Evaluate base vs tuned on held-out data; write metrics, predictions and the HTML report."""
+    """Evaluate tuned vs base (zero-shot and k-shot) vs TF-IDF on held-out data; write metrics, predictions, report."""
     from tuneloop import evaluate
 
     result = evaluate.run(run, config, {
         "eval.data": data, "eval.base_too": base_too, "eval.baseline": baseline, "eval.batch_size": batch_size,
-        "eval.max_new_tokens": max_new_tokens, "eval.max_examples": max_examples,
+        "eval.max_new_tokens": max_new_tokens, "eval.max_examples": max_examples, "eval.shots": shots,
+        "eval.metric": metric, "eval.semantic_model": semantic_model, "eval.judge_url": judge_url,
     })
     console.print(result.summary())
 

@@ -135,7 +135,25 @@ class EvalConfig(_Section):
     """How a run is evaluated on held-out data (`tuneloop eval`)."""
 
     data: Path | None = Field(None, description="Test file (default: the run's prepared test.jsonl).")
-    base_too: bool = Field(True, description="Also evaluate the untuned base model (zero-shot, same prompt).")
+    base_too: bool = Field(
+        True, description="Also evaluate the untuned base model: zero-shot with the same prompt (classify: each label's "
+        "likelihood, no unparseable answers) and with `shots` in-context examples from train.")
+    shots: int = Field(2, ge=0, description="In-context examples from train for the base k-shot baseline: per label "
+                       "(classify) or in all (generate); 0: no k-shot baseline.")
+    metric: Literal["auto", "macro_f1", "accuracy", "token_f1", "rouge_l", "semantic", "exact_match", "loss"] = Field(
+        "auto", description="Headline metric (and the one that orders most improved/worsened); auto: macro_f1 for "
+        "classify, token_f1 for generate.")
+    paired_test: Literal["wilcoxon", "bootstrap"] = Field(
+        "wilcoxon", description="Paired test of per-example generation scores, tuned vs each other system.")
+    semantic_model: str | None = Field(
+        "minilm", description="Sentence encoder for the semantic-similarity score (generate; a folder or `minilm`); null: skip it.")
+    judge_url: str | None = Field(
+        None, description="OpenAI-compatible endpoint (…/v1) of a pairwise judge for generation; null: judging is skipped.")
+    judge_model: str = Field("default", description="Model name sent to the judge endpoint.")
+    judge_feedback: Path | None = Field(
+        None, description="Feedback database whose human ratings measure the judge's agreement (Cohen's kappa).")
+    judge_min_kappa: float = Field(
+        0.4, ge=-1, le=1, description="Agreement with people (kappa) below which the judge's verdict is not trusted.")
     baseline: bool = Field(True, description="Also train and evaluate TF-IDF + logistic regression (classify).")
     batch_size: int = Field(16, gt=0, description="Examples per generation/prediction batch.")
     max_new_tokens: int = Field(128, gt=0, description="Generation limit for answers (classify: at most the longest label + 8 tokens).")

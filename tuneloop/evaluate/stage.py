@@ -94,56 +94,125 @@ def _answer_budget(loaded: Any, labels: list[str], limit: int) -> int:
 
 
 def predict_system(loaded: Any, rows: list[dict[str, Any]], cfg: RunConfig, labels: list[str] | None,
-                   parser: LabelParser | None, desc: str) -> SystemOutput:
-    """Run one loaded model (tuned or base) over the rows: head argmax, or generate and parse."""
+                   parser: LabelParser | None, desc: str, shots: list[list[dict[str, str]]] | None = None) -> SystemOutput:
+    """Run one loaded model (tuned or base) over the rows: head argmax, or generate and parse.
+
+    Generation (task generate) also measures each example's loss of the reference answer after the
+    same prompt; `shots` (chat turns of in-context examples) go before every prompt.
+    """
     from tuneloop.encode import classify_messages, render_prompt
+    from tuneloop.evaluate.likelihood import answer_losses
     from tuneloop.evaluate.predict import generate, predict_head
+    from tuneloop.evaluate.shots import with_shots
     from tuneloop.losses import validation_loss
 
-    loss = validation_loss(loaded, [r["row"] for r in rows])
     if loaded.kind == "head":
         texts = [r["input"] for r in rows]
-        return SystemOutput(labels=predict_head(loaded, texts, batch_size=cfg.eval.batch_size, desc=desc), loss=loss)
+        return SystemOutput(labels=predict_head(loaded, texts, batch_size=cfg.eval.batch_size, desc=desc),
+                            loss=validation_loss(loaded, [r["row"] for r in rows]))
     if cfg.task == "classify":
         assert labels is not None
         msgs = [classify_messages(r["input"], labels, system_prompt=cfg.train.system_prompt) for r in rows]
         budget = _answer_budget(loaded, labels, cfg.eval.max_new_tokens)
     else:
-        msgs = [r["row"]["messages"][:-1] for r in rows]
+        msgs = [with_shots(r["row"]["messages"][:-1], shots or []) for r in rows]
         budget = cfg.eval.max_new_tokens
     prompts = [render_prompt(loaded.tokenizer, m) for m in msgs]
     texts = generate(loaded, prompts, batch_size=cfg.eval.batch_size, max_new_tokens=budget, desc=desc)
-    return SystemOutput(
-        texts=texts,
-        labels=[parser(t) for t in texts] if parser else None,
-        loss=loss,
-    )
+    out = SystemOutput(texts=texts, labels=[parser(t) for t in texts] if parser else None)
+    if cfg.task == "generate":  # per-example losses: their mean is the loss, and they get a paired test
+        out.scores["loss"] = answer_losses(loaded, [[*m, r["row"]["messages"][-1]] for m, r in zip(msgs, rows)])
+    else:
+        out.loss = validation_loss(loaded, [r["row"] for r in rows])
+    return out
 
 
-def _model_outputs(run_dir: Path, rows: list[dict[str, Any]], cfg: RunConfig, labels: list[str] | None) -> dict[str, SystemOutput]:
+def score_labels(loaded: Any, rows: list[dict[str, Any]], shots: list[list[dict[str, str]]] | None = None) -> SystemOutput:
+    """Classify by each label's likelihood as the answer (as `/v1/classify` does): never unparseable."""
+    from tuneloop.evaluate.likelihood import label_log_probs
+
+    scores = label_log_probs(loaded, [r["input"] for r in rows], shots=shots or [])
+    return SystemOutput(labels=[loaded.labels[int(i)] for i in scores.argmax(dim=-1)])
+
+
+def _shots(cfg: RunConfig, train: list[dict[str, Any]], labels: list[str] | None) -> list[list[dict[str, str]]]:
+    """The in-context examples of the k-shot baseline, as chat turns (the same for every test row)."""
+    from tuneloop.evaluate.shots import pick_shots, shot_turns
+
+    if cfg.task == "classify":
+        chosen = pick_shots(train, cfg.eval.shots, labels=labels, seed=cfg.seed)
+    else:
+        # Shots come from the shorter half of train: a few long answers would otherwise fill the
+        # context and multiply generation time, and short worked examples show the format as well.
+        cap = sorted(len(r["reference"]) for r in train)[len(train) // 2] if train else 0
+        chosen = pick_shots([r for r in train if len(r["reference"]) <= cap], cfg.eval.shots, seed=cfg.seed)
+    return [shot_turns(r, cfg.task) for r in chosen]
+
+
+def _base_outputs(run_dir: Path, rows: list[dict[str, Any]], cfg: RunConfig, labels: list[str] | None,
+                  parser: LabelParser | None, train: list[dict[str, Any]]) -> dict[str, SystemOutput]:
+    """The base model's baselines: zero-shot, and k-shot with examples from train."""
+    from tuneloop.losses import validation_loss
+
+    base = load_trained(run_dir, base_only=True)
+    if base.kind == "head":
+        out = {"base": predict_system(base, rows, cfg, labels, parser, "base model (untrained head)")}
+        out["base"].note = "untrained head (chance)"
+        return out
+    shots = _shots(cfg, train, labels) if cfg.eval.shots and train else []
+    if cfg.task == "classify":
+        out = {"base": score_labels(base, rows)}
+        out["base"].loss = validation_loss(base, [r["row"] for r in rows])
+        if shots:
+            out["base_kshot"] = score_labels(base, rows, shots)
+    else:
+        out = {"base": predict_system(base, rows, cfg, labels, parser, "base model (zero-shot)")}
+        if shots:
+            out["base_kshot"] = predict_system(base, rows, cfg, labels, parser, f"base model ({len(shots)}-shot)", shots)
+    if "base_kshot" in out:
+        out["base_kshot"].note = f"{len(shots)} in-context examples from train"
+    return out
+
+
+def _semantic(systems: dict[str, SystemOutput], rows: list[dict[str, Any]], model: str) -> None:
+    """Add each generating system's per-example semantic similarity to the references (one encoder load)."""
+    from tuneloop.evaluate.semantic import SentenceEncoder
+
+    encoder = SentenceEncoder(model)
+    references = [r["reference"] for r in rows]
+    for out in systems.values():
+        if out.texts is not None:
+            out.scores["semantic"] = encoder.similarity(out.texts, references)
+
+
+def _model_outputs(run_dir: Path, rows: list[dict[str, Any]], cfg: RunConfig, labels: list[str] | None,
+                   train: list[dict[str, Any]]) -> dict[str, SystemOutput]:
     parser = LabelParser(labels, cfg.eval.synonyms) if labels else None
     loaded = load_trained(run_dir)
     systems = {"tuned": predict_system(loaded, rows, cfg, labels, parser, "tuned model")}
-    kind = loaded.kind
     del loaded
     gc.collect()  # free the tuned weights before loading the base model
     if cfg.eval.base_too:
-        base = load_trained(run_dir, base_only=True)
-        systems["base"] = predict_system(base, rows, cfg, labels, parser, "base model (zero-shot)")
-        if kind == "head":
-            systems["base"].note = "untrained head (chance)"
-        del base
+        systems.update(_base_outputs(run_dir, rows, cfg, labels, parser, train))
         gc.collect()
+    if cfg.task == "generate" and cfg.eval.semantic_model:
+        _semantic(systems, rows, cfg.eval.semantic_model)
     return systems
 
 
-def _baseline(data_dir: Path | None, rows: list[dict[str, Any]], seed: int) -> SystemOutput | None:
-    from tuneloop.evaluate.baseline import fit_baseline
-
+def _train_rows(data_dir: Path | None, task: str) -> list[dict[str, Any]]:
+    """The prepared train split as `eval_rows` ([] when there is none): shots and the TF-IDF baseline learn from it."""
     train_file = data_dir / "train.jsonl" if data_dir else None
     if train_file is None or not train_file.is_file():
+        return []
+    return eval_rows(read_jsonl(train_file), task, train_file)
+
+
+def _baseline(train: list[dict[str, Any]], rows: list[dict[str, Any]], seed: int) -> SystemOutput | None:
+    from tuneloop.evaluate.baseline import fit_baseline
+
+    if not train:
         return None  # nothing to train it on; the report says the baseline was skipped
-    train = eval_rows(read_jsonl(train_file), "classify", train_file)
     model = fit_baseline([r["input"] for r in train], [r["label"] for r in train], seed=seed)
     return SystemOutput(labels=model.predict([r["input"] for r in rows]).tolist())
 
@@ -161,7 +230,7 @@ def write_outputs(run_dir: Path, scored: Scored) -> Path:
     out = run_dir / "eval"
     _write_json(out / "metrics.json", scored.metrics)
     write(out / "predictions.jsonl", "".join(json.dumps(p, ensure_ascii=False) + "\n" for p in scored.predictions))
-    _write_json(out / "fixed_broken.json", {"fixed": scored.fixed, "broken": scored.broken})
+    _write_json(out / "fixed_broken.json", scored.examples())
     return out
 
 
@@ -184,11 +253,13 @@ def run(run_dir: Path, config: Path | None = None, overrides: dict[str, Any] | N
     cfg = load_run_config(run_dir, config, overrides or {})
     data_dir = cfg.train.data
     test = load_test_set(run_dir, cfg, cfg.eval.data, cfg.eval.max_examples)
-    systems = _model_outputs(run_dir, test.rows, cfg, test.labels)
-    if cfg.task == "classify" and cfg.eval.baseline and (bl := _baseline(data_dir, test.rows, cfg.seed)) is not None:
+    train = _train_rows(data_dir, cfg.task) if (cfg.eval.base_too and cfg.eval.shots) or cfg.eval.baseline else []
+    systems = _model_outputs(run_dir, test.rows, cfg, test.labels, train)
+    if cfg.task == "classify" and cfg.eval.baseline and (bl := _baseline(train, test.rows, cfg.seed)) is not None:
         systems["baseline"] = bl
-    scored = score(test.rows, systems, task=cfg.task, labels=test.labels, n_boot=cfg.eval.bootstrap, seed=cfg.seed)
-    used = [test.file] + ([data_dir / "train.jsonl"] if "baseline" in systems and data_dir else [])
+    scored = score(test.rows, systems, task=cfg.task, labels=test.labels, n_boot=cfg.eval.bootstrap, seed=cfg.seed,
+                   metric=cfg.eval.metric, paired_method=cfg.eval.paired_test)
+    used = [test.file] + ([data_dir / "train.jsonl"] if {"baseline", "base_kshot"} & set(systems) and data_dir else [])
     summary_path = run_dir / "train_summary.json"
     scored.metrics.update({
         "run": str(run_dir), "test_file": str(test.file), "data_hashes": {str(p): sha256_file(str(p)) for p in used},
