@@ -9,7 +9,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from tuneloop.evaluate.likelihood import head_probabilities, label_log_probs
+import torch
+
+from tuneloop.evaluate.likelihood import CHUNK, head_probabilities, label_log_probs
 
 
 def length_groups(texts: Sequence[str], max_tokens: int = 2048) -> list[list[int]]:
