@@ -73,7 +73,7 @@ def test_loop_promotes_a_better_candidate_and_keeps_a_worse_one(setup: tuple[Run
     reg = Registry(cfg.loop.registry)
 
     first = loop.run(cfg)  # nothing served yet: the first fair candidate is promoted
-    assert first.decision["decision"] == "promote" and reg.promoted().name == first.decision["candidate"]
+    assert first.decision.decision == "promote" and reg.promoted().name == first.decision.candidate
     served_acc = reg.promoted().headline()["accuracy"]
     assert served_acc < 0.8  # it never saw the new words
 
@@ -84,10 +84,11 @@ def test_loop_promotes_a_better_candidate_and_keeps_a_worse_one(setup: tuple[Run
     _give_feedback(cfg, _rows(random.Random(1), 60, NEW), truthful=True)
     second = loop.run(cfg)
     d = second.decision
-    assert d["decision"] == "promote", d["reasons"]
-    assert d["incumbent"] == first.decision["candidate"] and d["feedback"]["examples"]["written"] == 60
-    assert d["candidate_value"] > d["incumbent_value"] and d["mcnemar"]["pvalue"] < 0.05
-    assert reg.promoted().name == d["candidate"]
+    assert d.decision == "promote", d.reasons
+    assert d.incumbent == first.decision.candidate and d.feedback["examples"]["written"] == 60
+    assert d.candidate_value > d.incumbent_value and d.test.test == "McNemar" and d.test.pvalue < 0.05
+    assert d.test.ci_low > 0 and {e.metric for e in d.evidence} == {"macro_f1", "accuracy"}
+    assert reg.promoted().name == d.candidate
     assert reg.promoted().headline()["accuracy"] > served_acc + 0.2
     report = (second.round_dir / "run" / "report.html").read_text()
     assert "Promotion decision" in report and "PROMOTE" in report
@@ -97,13 +98,13 @@ def test_loop_promotes_a_better_candidate_and_keeps_a_worse_one(setup: tuple[Run
     (second.round_dir / "decision.json").unlink()  # as if killed after promoting, before marking the round done
     events = len(reg.history())
     redo = loop.run(cfg)
-    assert redo.decision["decision"] == "promote" and reg.promoted().name == d["candidate"] and len(reg.history()) == events
+    assert redo.decision.decision == "promote" and reg.promoted().name == d.candidate and len(reg.history()) == events
 
     _give_feedback(cfg, _rows(random.Random(2), 150, NEW), truthful=False)
     third = loop.run(cfg)
-    assert third.decision["decision"] == "keep"
-    assert any("did not rise" in r or "fell" in r for r in third.decision["reasons"])
-    assert reg.promoted().name == d["candidate"]  # the better model stays served
+    assert third.decision.decision == "keep"
+    assert any("did not rise" in r or "fell" in r for r in third.decision.reasons)
+    assert reg.promoted().name == d.candidate  # the better model stays served
     assert reg.history()[-1]["action"] == "keep"
 
 
@@ -129,8 +130,8 @@ def test_a_generate_round_trains_dpo_on_preference_feedback(tiny_llama: Path, tm
 
     result = loop.run(cfg)
     run = result.round_dir / "run"
-    assert result.decision["feedback"]["pairs"]["written"] == 4 and result.decision["metric"] == "loss"
+    assert result.decision.feedback["pairs"]["written"] == 4 and result.decision.metric == "token_f1"
     assert json.loads((run / "dpo_summary.json").read_text())  # the pairs trained the model with DPO
-    assert (run / "model_sft").is_dir() and result.decision["decision"] == "promote"
+    assert (run / "model_sft").is_dir() and result.decision.decision == "promote"
     train_rows = (result.round_dir / "data" / "train.jsonl").read_text()
     assert "the happy film number 0" in train_rows  # the corrections became SFT examples too

@@ -168,18 +168,22 @@ def fairness(
     against: Optional[Path] = typer.Option(None, help="Run folder whose fairness result is the reference."),
     benchmark: Optional[str] = typer.Option(None, help="crows_pairs or none."),
     max_examples: Optional[int] = typer.Option(None, help="Audit at most this many test examples."),
+    if_not_assessed: Optional[str] = typer.Option(None, help="warn or block when no check can be made."),
 ) -> None:
-    """Audit bias (group metrics, counterfactual swaps, CrowS-Pairs); exit 1 when a fairness threshold fails."""
+    """Audit bias (group metrics, counterfactual swaps, CrowS-Pairs); exit 1 when a threshold fails (or nothing could be checked, with block)."""
     from tuneloop import fairness as fairness_stage
 
     result = fairness_stage.run(run, config, {
         "fairness.data": data, "fairness.attributes": attribute or None, "fairness.terms": terms,
         "fairness.base_too": base_too, "fairness.against": against, "fairness.benchmark": benchmark,
-        "fairness.max_examples": max_examples,
+        "fairness.max_examples": max_examples, "fairness.if_not_assessed": if_not_assessed,
     })
     console.print(result.summary())
-    if not result.passed:
+    if result.status == "failed":
         raise TuneloopError("fairness gate failed: " + "; ".join(result.failures()))
+    if result.status == "not_assessed" and result.block_unassessed:
+        raise TuneloopError("fairness not assessed: no check could be made (" + "; ".join(result.not_assessed())
+                            + "); fairness.if_not_assessed is block")
 
 
 @app.command()

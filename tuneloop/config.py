@@ -249,6 +249,7 @@ class FairnessConfig(_Section):
     batch_size: int = Field(16, gt=0, description="Examples per prediction batch.")
     max_new_tokens: int = Field(64, gt=0, description="Generation limit for counterfactual answers.")
     thresholds: FairnessThresholds = Field(default_factory=FairnessThresholds)
+    if_not_assessed: Literal["warn", "block"] = Field("warn", description="When the audit can make no check (no group attributes, no identity terms in the test inputs, no benchmark): warn and go on, or block (`tuneloop fairness` fails, the loop keeps the served model). Never reported as passed.")
 
 
 class FeedbackConfig(_Section):
@@ -266,10 +267,10 @@ class LoopConfig(_Section):
     registry: str | None = Field(None, description="Registry URL (SQLAlchemy; default: $TUNELOOP_REGISTRY or sqlite:///runs/registry.db).")
     out: Path = Field(Path("runs/loop"), description="Folder for each round's data/ and candidate run.")
     metric: Literal["auto", "macro_f1", "accuracy", "loss", "token_f1", "rouge_l", "exact_match"] = Field(
-        "auto", description="Metric the candidate must improve on the frozen test set (auto: macro_f1 for classify, loss for generate)."
+        "auto", description="Metric the candidate must improve on the frozen test set (auto: macro_f1 for classify, token_f1 for generate; loss needs per-example losses in the eval predictions)."
     )
-    margin: float = Field(0.0, ge=0, description="The candidate must beat the promoted model by more than this (absolute).")
-    alpha: float | None = Field(0.05, gt=0, lt=1, description="Classify: McNemar p-value the improvement must reach (None: not required).")
+    margin: float | None = Field(None, ge=0, description="The candidate must beat the promoted model by more than this (absolute; None: 0.01 for loss, 0 otherwise, where the paired test guards against noise).")
+    alpha: float | None = Field(0.05, gt=0, lt=1, description="p-value the paired test on the same test rows must be below (McNemar for right/wrong metrics, Wilcoxon signed-rank for token_f1/rouge_l/loss; None: no test, margin only).")
     require_fairness: bool = Field(True, description="Run the fairness audit against the promoted model and refuse a candidate that fails it.")
 
 

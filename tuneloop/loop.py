@@ -19,10 +19,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from rich.console import Group
 from rich.table import Table
 
 from tuneloop.config import RunConfig
 from tuneloop.errors import TuneloopError
+from tuneloop.gate import EVIDENCE_COLUMNS, FairnessVerdict, GateDecision, decide, fairness_verdict, report_rows
 from tuneloop.registry import ModelRecord, Registry
 
 
@@ -31,39 +33,27 @@ class LoopResult:
     """What one `tuneloop loop` call did."""
 
     round_dir: Path
-    decision: dict[str, Any]
+    decision: GateDecision
     reused: bool = False  # True: this round had been decided before; nothing was run
     notes: list[str] = field(default_factory=list)
 
-    def summary(self) -> Table:
-        """The decision and its evidence as a terminal table."""
+    def summary(self) -> Group:
+        """The decision and its evidence as terminal tables."""
         d = self.decision
-        t = Table(title=f"loop round {self.round_dir.name}: {d['decision'].upper()}" + (" (already decided; nothing changed)" if self.reused else ""))
+        rows, evidence = report_rows(d)
+        t = Table(title=f"loop round {self.round_dir.name}: {d.decision.upper()}" + (" (already decided; nothing changed)" if self.reused else ""))
         t.add_column("")
         t.add_column("")
-        t.add_row("candidate", str(d.get("candidate")))
-        t.add_row("served before", str(d.get("incumbent")))
-        if d.get("candidate_value") is not None:
-            t.add_row(d["metric"], f"{d['candidate_value']:.4f} vs {_fmt(d.get('incumbent_value'))} (margin {d['margin']})")
-        if d.get("mcnemar"):
-            t.add_row("McNemar p", f"{d['mcnemar']['pvalue']:.3g} (alpha {d.get('alpha')})")
-        t.add_row("fairness", "passed" if d.get("fairness_passed", True) else "FAILED: " + "; ".join(d.get("fairness_failures", [])))
-        t.add_row("feedback used", feedback_line(d.get("feedback", {})))
-        for r in d.get("reasons", []):
-            t.add_row("reason", r)
-        return t
-
-
-def feedback_line(counts: dict[str, Any]) -> str:
-    """One line about what the curated feedback gave (from `feedback export`'s report.json)."""
-    if "feedback_read" not in counts:
-        return counts.get("note", "none")
-    return (f"{counts['examples']['written']} examples and {counts['pairs']['written']} preference pairs "
-            f"from {counts['feedback_read']} ratings")
-
-
-def _fmt(v: Any) -> str:
-    return "n/a" if v is None else f"{v:.4f}"
+        for name, value in rows:
+            t.add_row(name, str(value))
+        if not evidence:
+            return Group(t)
+        e = Table(title="evidence: candidate vs served model on the same test rows")
+        for col in EVIDENCE_COLUMNS:
+            e.add_column(col)
+        for row in evidence:
+            e.add_row(*map(str, row))
+        return Group(t, e)
 
 
 def _sha(path: Path) -> str:
@@ -195,130 +185,65 @@ def _scored_on(metrics_path: Path, test: Path) -> bool:
     return (m.get("data_hashes") or {}).get(m.get("test_file", "")) == _sha(test)
 
 
-def _incumbent_scores(inc: ModelRecord, frozen: Path, rnd: Path) -> tuple[dict[str, Any], dict[str, bool]]:
-    """The served model's metrics and per-example correctness on the frozen test set.
+def _served_predictions(cfg: RunConfig, inc: ModelRecord, frozen: Path, rnd: Path) -> list[dict[str, Any]]:
+    """The served model's per-example predictions on the frozen test set, under this round's eval settings.
 
-    Reused from its own evaluation when that was on the same test content; otherwise scored
-    afresh into `rnd/incumbent/` (its run folder is left as it is).
+    Scored afresh every round into `rnd/incumbent/` (its run folder is left as it is), so that the
+    served model and the candidate are compared like for like: same rows, same generation limits.
     """
-    own = inc.path / "eval"
-    if not _scored_on(own / "metrics.json", frozen):
-        own = _score_into(inc.path, frozen, rnd / "incumbent") / "eval"
-    metrics = json.loads((own / "metrics.json").read_text(encoding="utf-8"))
-    return metrics, _correct_by_id(own / "predictions.jsonl")
+    from tuneloop.runs import read_jsonl
+
+    out = _score_into(cfg, inc.path, frozen, rnd / "incumbent")
+    return read_jsonl(out / "eval" / "predictions.jsonl")
 
 
-def _score_into(run_dir: Path, test: Path, out: Path) -> Path:
+def _round_settings(cfg: RunConfig, run_dir: Path, frozen: Path) -> RunConfig:
+    """The served model's own config (its model, template, lengths) with this round's eval and fairness settings."""
+    from tuneloop.runs import load_run_config
+
+    own = load_run_config(run_dir, None, {})
+    return own.model_copy(update={
+        "eval": cfg.eval.model_copy(update={"data": frozen}),
+        "fairness": cfg.fairness.model_copy(update={"data": frozen, "against": None, "base_too": False}),
+    })
+
+
+def _score_into(cfg: RunConfig, run_dir: Path, test: Path, out: Path) -> Path:
     from tuneloop.evaluate.labels import LabelParser
     from tuneloop.evaluate.score import score
     from tuneloop.evaluate.stage import predict_system, write_outputs
-    from tuneloop.runs import load_run_config, load_test_set, load_trained
+    from tuneloop.runs import load_test_set, load_trained
 
     if (out / "eval" / "metrics.json").is_file():
         return out
-    cfg = load_run_config(run_dir, None, {"eval.data": test})
-    t = load_test_set(run_dir, cfg, test, None)
-    parser = LabelParser(t.labels, cfg.eval.synonyms) if t.labels else None
-    system = predict_system(load_trained(run_dir), t.rows, cfg, t.labels, parser, "served model")
-    scored = score(t.rows, {"tuned": system}, task=cfg.task, labels=t.labels, n_boot=0, seed=cfg.seed)
+    c = _round_settings(cfg, run_dir, test)
+    t = load_test_set(run_dir, c, test, None)
+    parser = LabelParser(t.labels, c.eval.synonyms) if t.labels else None
+    system = predict_system(load_trained(run_dir), t.rows, c, t.labels, parser, "served model")
+    scored = score(t.rows, {"tuned": system}, task=c.task, labels=t.labels, n_boot=0, seed=c.seed)
     scored.metrics.update({"test_file": str(test), "data_hashes": {str(test): _sha(test)}})
     write_outputs(out, scored)
     return out
 
 
-def _correct_by_id(predictions: Path) -> dict[str, bool]:
-    from tuneloop.runs import read_jsonl
-
-    return {r["id"]: bool(r["tuned_correct"]) for r in read_jsonl(predictions)}
-
-
-def metric_value(metrics: dict[str, Any], metric: str) -> float | None:
-    """The tuned system's value of `metric` in an eval metrics.json (None if it was not measured)."""
-    tuned = (metrics.get("systems") or {}).get("tuned") or {}
-    cls = tuned.get("classification") or {}
-    if metric == "macro_f1":
-        return (cls.get("macro") or {}).get("f1")
-    if metric == "accuracy":
-        return cls.get("accuracy")
-    if metric == "loss":
-        return tuned.get("loss")
-    return (tuned.get("generation") or {}).get(metric)
-
-
-def _metric(cfg: RunConfig) -> str:
-    if cfg.loop.metric != "auto":
-        return cfg.loop.metric
-    return "macro_f1" if cfg.task == "classify" else "loss"
-
-
-def gate(cfg: RunConfig, cand: dict[str, Any], cand_correct: dict[str, bool], inc: dict[str, Any] | None,
-         inc_correct: dict[str, bool] | None, fairness: dict[str, Any] | None) -> dict[str, Any]:
-    """Decide promote/keep: better by more than the margin, significant (classify), and fair.
-
-    Args:
-        cfg: The loop config (metric, margin, alpha).
-        cand, inc: Candidate's and served model's eval metrics on the frozen test set (inc None: none served).
-        cand_correct, inc_correct: Per-example correctness by example id, for the paired test.
-        fairness: The candidate's fairness result (None: not audited).
-
-    Returns:
-        The decision with its evidence: metric values, delta, McNemar test, fairness verdict, reasons.
-    """
-    from tuneloop.evaluate.stats import mcnemar
-
-    metric = _metric(cfg)
-    lower_better = metric == "loss"
-    d: dict[str, Any] = {"metric": metric, "margin": cfg.loop.margin, "alpha": cfg.loop.alpha,
-                         "candidate_value": metric_value(cand, metric), "reasons": []}
-    if d["candidate_value"] is None:
-        raise TuneloopError(f"loop.metric {metric!r} was not measured for this task ({cfg.task}); choose another metric")
-    ok = True
-    if inc is not None:
-        d["incumbent_value"] = metric_value(inc, metric)
-        if d["incumbent_value"] is None:
-            d["reasons"].append(f"the served model has no {metric} on the frozen test set; compared on fairness only")
-        else:
-            delta = d["candidate_value"] - d["incumbent_value"]
-            d["delta"] = -delta if lower_better else delta
-            if d["delta"] <= cfg.loop.margin:
-                ok = False
-                d["reasons"].append(f"{metric} {'fell' if d['delta'] < 0 else 'did not rise'} by more than the margin "
-                                    f"({d['candidate_value']:.4f} vs {d['incumbent_value']:.4f}, margin {cfg.loop.margin})")
-        ids = sorted(set(cand_correct) & set(inc_correct or {}))
-        if cfg.loop.alpha is not None and cfg.task == "classify" and ids:
-            test = mcnemar([cand_correct[i] for i in ids], [inc_correct[i] for i in ids]).to_dict()  # type: ignore[index]
-            d["mcnemar"] = test
-            if test["pvalue"] >= cfg.loop.alpha:
-                ok = False
-                d["reasons"].append(f"the difference is not significant (McNemar p={test['pvalue']:.3g} >= alpha {cfg.loop.alpha})")
-    else:
-        d["reasons"].append("no model is served yet: the first candidate that passes fairness is promoted")
-    if fairness is not None:
-        d["fairness_passed"] = bool(fairness.get("passed"))
-        d["fairness_failures"] = list(fairness.get("failures") or [])
-        if not d["fairness_passed"]:
-            ok = False
-            d["reasons"].append("fairness gate failed: " + "; ".join(d["fairness_failures"]))
-    d["decision"] = "promote" if ok else "keep"
-    if ok and inc is not None:
-        d["reasons"].append(f"{metric} improved by {d.get('delta', 0):.4f} and fairness held")
-    return d
-
-
-def _fairness(cfg: RunConfig, run_dir: Path, inc: ModelRecord | None, frozen: Path) -> dict[str, Any] | None:
+def _fairness(cfg: RunConfig, run_dir: Path, inc: ModelRecord | None, frozen: Path, rnd: Path) -> FairnessVerdict:
+    """Audit the candidate (and, in the same round and under the same settings, the served model as its reference)."""
     from tuneloop import fairness as fairness_stage
+    from tuneloop.runs import load_run_config
 
     if not cfg.loop.require_fairness:
-        return None
+        return fairness_verdict(None)
     result_path = run_dir / "fairness" / "result.json"
     if not result_path.is_file():
         against = None
         if inc is not None:
-            if not (inc.path / "fairness" / "result.json").is_file():
-                fairness_stage.run(inc.path, None, {"fairness.data": frozen})  # the reference must exist
-            against = inc.path
-        fairness_stage.run(run_dir, None, {"fairness.data": frozen, "fairness.against": against})
-    return json.loads(result_path.read_text(encoding="utf-8"))
+            against = rnd / "incumbent"
+            if not (against / "fairness" / "result.json").is_file():
+                fairness_stage.audit_run(inc.path, _round_settings(cfg, inc.path, frozen), out=against / "fairness")
+        c = load_run_config(run_dir, None, {})
+        c = c.model_copy(update={"fairness": cfg.fairness.model_copy(update={"data": frozen, "against": against})})
+        fairness_stage.audit_run(run_dir, c)
+    return fairness_verdict(json.loads(result_path.read_text(encoding="utf-8")))
 
 
 def run(cfg: RunConfig) -> LoopResult:
@@ -343,7 +268,7 @@ def run(cfg: RunConfig) -> LoopResult:
     rnd = out / f"round-{fp[:12]}"
     if (rnd / "decision.json").is_file():
         shutil.rmtree(staging, ignore_errors=True)
-        return LoopResult(rnd, json.loads((rnd / "decision.json").read_text(encoding="utf-8")), reused=True)
+        return LoopResult(rnd, _read_decision(rnd / "decision.json"), reused=True)
     rnd.mkdir(parents=True, exist_ok=True)
     shutil.rmtree(rnd / "feedback", ignore_errors=True)
     if staging.exists():
@@ -358,35 +283,44 @@ def run(cfg: RunConfig) -> LoopResult:
     _train(cfg, data, run_dir, rnd / "feedback" / pairs[0].name if pairs else None)
     gate_path = run_dir / "gate.json"
     if gate_path.is_file():  # decided before a crash: only the recording below may be missing
-        decision = json.loads(gate_path.read_text(encoding="utf-8"))
+        decision = _read_decision(gate_path)
     else:
         decision = _decide(cfg, run_dir, rnd, inc, frozen)
-        decision.update({"candidate": f"{out.name}-{fp[:12]}", "fingerprint": fp, "feedback": counts})
-        _write_json(gate_path, decision)
-    _record(reg, run_dir, decision["candidate"], decision)  # idempotent: safe to repeat after a crash
-    _write_json(rnd / "decision.json", decision)  # last: its presence marks the round as decided
+        decision = decision.model_copy(update={"candidate": f"{out.name}-{fp[:12]}", "fingerprint": fp, "feedback": counts})
+        _write_json(gate_path, decision.model_dump(mode="json"))
+    _record(reg, run_dir, decision)  # idempotent: safe to repeat after a crash
+    _write_json(rnd / "decision.json", decision.model_dump(mode="json"))  # last: its presence marks the round as decided
     return LoopResult(rnd, decision)
 
 
-def _decide(cfg: RunConfig, run_dir: Path, rnd: Path, inc: ModelRecord | None, frozen: Path) -> dict[str, Any]:
+def _read_decision(path: Path) -> GateDecision:
+    return GateDecision.model_validate_json(path.read_text(encoding="utf-8"))
+
+
+def _decide(cfg: RunConfig, run_dir: Path, rnd: Path, inc: ModelRecord | None, frozen: Path) -> GateDecision:
     """Evaluate the candidate and the served model on the frozen test set, audit fairness, and gate."""
-    cand = _evaluate(run_dir, frozen)
-    fairness = _fairness(cfg, run_dir, inc, frozen)
-    inc_metrics, inc_correct = _incumbent_scores(inc, frozen, rnd) if inc is not None else (None, None)
-    decision = gate(cfg, cand, _correct_by_id(run_dir / "eval" / "predictions.jsonl"), inc_metrics, inc_correct, fairness)
-    decision.update({"incumbent": inc.name if inc else None, "frozen_test": str(frozen)})
-    return decision
+    from tuneloop.runs import read_jsonl
+
+    _evaluate(run_dir, frozen)
+    fairness = _fairness(cfg, run_dir, inc, frozen, rnd)
+    served = _served_predictions(cfg, inc, frozen, rnd) if inc is not None else None
+    decision = decide(cfg.task, cfg.loop.metric, cfg.loop.margin, cfg.loop.alpha,
+                      read_jsonl(run_dir / "eval" / "predictions.jsonl"), served, fairness,
+                      block_unassessed=cfg.fairness.if_not_assessed == "block", seed=cfg.seed)
+    return decision.model_copy(update={"incumbent": inc.name if inc else None, "frozen_test": str(frozen)})
 
 
-def _record(reg: Registry, run_dir: Path, name: str, decision: dict[str, Any]) -> None:
+def _record(reg: Registry, run_dir: Path, decision: GateDecision) -> None:
     from tuneloop.report import write_run_report
 
+    name = decision.candidate or run_dir.name
     reg.register(run_dir, name)
-    reason = "; ".join(decision["reasons"])
-    if decision["decision"] == "promote":
-        reg.promote(name, reason, decision)
+    reason = "; ".join(decision.reasons)
+    evidence = decision.model_dump(mode="json")
+    if decision.decision == "promote":
+        reg.promote(name, reason, evidence)
     elif not any(e["action"] == "keep" and e["name"] == name for e in reg.history()):
-        reg.record_event("keep", name, reason, decision)
+        reg.record_event("keep", name, reason, evidence)
     write_run_report(run_dir)
 
 

@@ -387,22 +387,16 @@ def _fairness_section(run_dir: Path) -> list[str]:
 
 def _decision_section(run_dir: Path) -> list[str]:
     # Present when `tuneloop loop` gated this run against the served model (RUN/gate.json).
+    from tuneloop.gate import EVIDENCE_COLUMNS, GateDecision, report_rows
+
     path = run_dir / "gate.json"
     if not path.is_file():
         return []
-    d = json.loads(path.read_text(encoding="utf-8"))
-    rows = [["decision", d["decision"].upper()], ["candidate", d.get("candidate")], ["served before", d.get("incumbent") or "none"],
-            [f"{d['metric']} (candidate)", _fmt(d.get("candidate_value"))], [f"{d['metric']} (served)", _fmt(d.get("incumbent_value"))],
-            ["required margin", d.get("margin")]]
-    if d.get("mcnemar"):
-        rows.append(["McNemar p (paired, same test rows)", f"{d['mcnemar']['pvalue']:.3g} (alpha {d.get('alpha')})"])
-    if "fairness_passed" in d:
-        rows.append(["fairness gate", "passed" if d["fairness_passed"] else "FAILED: " + "; ".join(d["fairness_failures"])])
-    from tuneloop.loop import feedback_line
-
-    rows += [["feedback used", feedback_line(d.get("feedback", {}))], ["frozen test set", d.get("frozen_test")]]
-    rows += [["reason", r] for r in d.get("reasons", [])]
-    return [section("Promotion decision", table(["", ""], rows), "decision")]
+    rows, evidence = report_rows(GateDecision.model_validate_json(path.read_text(encoding="utf-8")))
+    body = table(["", ""], rows)
+    if evidence:
+        body += "<h3>Evidence: candidate vs served model on the same test rows</h3>" + table(EVIDENCE_COLUMNS, evidence)
+    return [section("Promotion decision", body, "decision")]
 
 
 def render_run_report(run_dir: Path, metrics: dict[str, Any], fixed_broken: dict[str, list[dict[str, Any]]]) -> str:

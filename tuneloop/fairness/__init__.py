@@ -8,6 +8,6 @@ answer changes), `stereotype` (CrowS-Pairs), `gate` (thresholds), `report` (file
 """
 
 from tuneloop.fairness.report import report_section
-from tuneloop.fairness.stage import FairnessResult, audit, run
+from tuneloop.fairness.stage import FairnessResult, audit, audit_run, run
 
-__all__ = ["FairnessResult", "audit", "report_section", "run"]
+__all__ = ["FairnessResult", "audit", "audit_run", "report_section", "run"]

@@ -102,3 +102,19 @@ def gate(
 def failures(checks: list[Check]) -> list[str]:
     """One line per failed check, naming the threshold and both numbers."""
     return [f"{c.name}: {c.value:.4g} > {c.threshold:.4g} ({c.where})" for c in checks if not c.passed]
+
+
+def unchecked(audit: dict[str, Any]) -> list[str]:
+    """Why an audit gave the gate nothing to check, part by part.
+
+    >>> len(unchecked({"groups": {}, "counterfactual": {"gender": {"examples": 0}}, "stereotype": None}))
+    3
+    """
+    why = []
+    if not audit.get("groups"):
+        why.append("no group attributes in the test data (set fairness.attributes, or add them to the rows' meta)")
+    if not any(a.get("examples") for a in (audit.get("counterfactual") or {}).values()):
+        why.append("no identity terms in the test inputs to swap (counterfactual test had no example)")
+    if not audit.get("stereotype"):
+        why.append("no stereotype benchmark (fairness.benchmark is none, or the model is a classification head)")
+    return why

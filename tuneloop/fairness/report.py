@@ -19,10 +19,12 @@ _DISPARITIES = ("equalized_odds_difference", "demographic_parity_difference", "d
 
 def write_outputs(result: FairnessResult, cfg: RunConfig, test_file: Path) -> Path:
     """Write `RUN/fairness/{result.json, flips.jsonl, report.html}`; return the folder."""
-    out = result.run_dir / "fairness"
+    out = result.folder
     doc = {
+        "status": result.status,
         "passed": result.passed,
         "failures": result.failures(),
+        "not_assessed": result.not_assessed(),
         "thresholds": cfg.fairness.thresholds.model_dump(),
         "checks": [c.to_dict() for c in result.checks],
         "warnings": result.warnings,
@@ -35,14 +37,17 @@ def write_outputs(result: FairnessResult, cfg: RunConfig, test_file: Path) -> Pa
     flips = [{"model": m, "axis": ax, **ex} for m, a in result.audits.items()
              for ax, rep in a["counterfactual"].items() for ex in rep["flipped"]]
     write(out / "flips.jsonl", "".join(json.dumps(x, ensure_ascii=False, default=str) + "\n" for x in flips))
-    body = report_section(result.run_dir)
+    body = report_section(out.parent, out.name)
     write(out / "report.html", page("tuneloop fairness audit", [body or ""], subtitle=str(result.run_dir)))
     return out
 
 
 def _gate(doc: dict[str, Any]) -> str:
-    verdict = "ok" if doc["passed"] else "warn"
-    head = f'<p class="{verdict}">Fairness gate {"passed" if doc["passed"] else "FAILED: " + esc("; ".join(doc["failures"]))}</p>'
+    status = doc.get("status") or ("passed" if doc["passed"] else "failed")
+    verdict = "ok" if status == "passed" else "warn"
+    words = {"passed": "passed", "failed": "FAILED: " + "; ".join(doc["failures"]),
+             "not_assessed": "NOT ASSESSED: no check could be made — " + "; ".join(doc.get("not_assessed") or [])}[status]
+    head = f'<p class="{verdict}">Fairness gate {esc(words)}</p>'
     rows = [[c["name"], c["value"], c["threshold"], c["where"], "pass" if c["passed"] else "FAIL"] for c in doc["checks"]]
     warn = "".join(f'<p class="warn">{esc(w)}</p>' for w in doc["warnings"] + doc.get("notes", []))
     return head + table(["check", "value", "threshold", "where", "result"], rows) + warn
@@ -111,9 +116,9 @@ def _stereotype(audits: dict[str, Any]) -> str:
             + table(["bias type", *scores], rows))
 
 
-def report_section(run_dir: Path) -> str | None:
+def report_section(run_dir: Path, folder: str = "fairness") -> str | None:
     """The fairness section of `RUN/report.html`, from `RUN/fairness/result.json`; None if not audited."""
-    path = Path(run_dir) / "fairness" / "result.json"
+    path = Path(run_dir) / folder / "result.json"
     if not path.is_file():
         return None
     doc = json.loads(path.read_text(encoding="utf-8"))

@@ -20,7 +20,7 @@ from tuneloop.config import RunConfig
 from tuneloop.errors import TuneloopError
 from tuneloop.fairness.attributes import group_columns
 from tuneloop.fairness.counterfactual import Predict, flip_test, output_change_test
-from tuneloop.fairness.gate import BASE_COMPARABLE, Check, failures, gate
+from tuneloop.fairness.gate import BASE_COMPARABLE, Check, failures, gate, unchecked
 from tuneloop.fairness.groups import group_report
 from tuneloop.fairness.terms import TermAxis, load_terms
 
@@ -94,26 +94,45 @@ class FairnessResult:
     checks: list[Check]
     warnings: list[str]
     notes: list[str]
+    out: Path | None = None  # where the files went (default RUN/fairness)
+    block_unassessed: bool = False  # fairness.if_not_assessed is block
+
+    @property
+    def folder(self) -> Path:
+        """The folder of result.json, flips.jsonl and report.html."""
+        return self.out if self.out is not None else self.run_dir / "fairness"
+
+    @property
+    def status(self) -> str:
+        """`passed`, `failed`, or `not_assessed` when no check could be made (nothing was shown, so nothing held)."""
+        if not self.checks:
+            return "not_assessed"
+        return "passed" if all(c.passed for c in self.checks) else "failed"
 
     @property
     def passed(self) -> bool:
-        """True when every check of the gate passed."""
-        return all(c.passed for c in self.checks)
+        """True when there were checks and every one passed (zero checks is not a pass)."""
+        return self.status == "passed"
 
     def failures(self) -> list[str]:
         """One line per failed threshold."""
         return failures(self.checks)
 
+    def not_assessed(self) -> list[str]:
+        """Why each part of the audit checked nothing (empty when some check was made)."""
+        return unchecked(self.audits.get("tuned", {})) if not self.checks else []
+
     def summary(self) -> Group:
         """The gate's checks as a table, then warnings and the report path."""
-        table = Table(title=f"tuneloop fairness — {'PASSED' if self.passed else 'FAILED'}")
+        title = {"passed": "PASSED", "failed": "FAILED", "not_assessed": "NOT ASSESSED (no check could be made)"}[self.status]
+        table = Table(title=f"tuneloop fairness — {title}")
         for col in ("check", "value", "threshold", "where", "result"):
             table.add_column(col, justify="right" if col in ("value", "threshold") else "left")
         for c in self.checks:
             table.add_row(c.name, f"{c.value:.4g}", f"{c.threshold:.4g}", c.where,
                           "[green]pass[/]" if c.passed else "[bold red]FAIL[/]")
-        extra = [f"[yellow]warning:[/] {w}" for w in self.warnings] + self.notes
-        return Group(table, *extra, f"report: {self.run_dir / 'fairness' / 'report.html'}")
+        extra = [f"[yellow]warning:[/] {w}" for w in self.warnings + self.not_assessed()] + self.notes
+        return Group(table, *extra, f"report: {self.folder / 'report.html'}")
 
 
 def _model_predict(loaded: Any, rows: list[dict[str, Any]], cfg: RunConfig, labels: list[str] | None, desc: str) -> Predict:
@@ -173,16 +192,34 @@ def run(run_dir: Path, config: Path | None = None, overrides: dict[str, Any] | N
         overrides: Dotted config fields from the CLI (`fairness.attributes`); None values are ignored.
 
     Returns:
-        The audits and checks; `.passed` says whether the gate passed, `.summary()` is for the terminal.
+        The audits and checks; `.status` says passed / failed / not_assessed, `.summary()` is for the terminal.
 
     Raises:
         TuneloopError: bad run folder, data, attribute, term file or config (the message says which).
     """
-    from tuneloop.fairness.report import write_outputs
-    from tuneloop.runs import load_run_config, load_test_set, load_trained
+    from tuneloop.runs import load_run_config
 
     run_dir = Path(run_dir)
-    cfg = load_run_config(run_dir, config, overrides or {})
+    return audit_run(run_dir, load_run_config(run_dir, config, overrides or {}))
+
+
+def audit_run(run_dir: Path, cfg: RunConfig, out: Path | None = None) -> FairnessResult:
+    """Audit the model of `run_dir` under the settings of `cfg` (its fairness and eval sections).
+
+    The loop audits the served model and the candidate with one `cfg`, so both are compared like
+    for like; the served model's files then go to `out` and its own run folder is left as it is.
+
+    Args:
+        run_dir: Folder written by `tuneloop train` (the model to audit).
+        cfg: The full config; `fairness.*` and `eval.*` decide what is measured and how.
+        out: Folder for result.json, flips.jsonl and report.html (default `RUN/fairness`).
+
+    Returns:
+        The audits and checks.
+    """
+    from tuneloop.fairness.report import write_outputs
+    from tuneloop.runs import load_test_set, load_trained
+
     f = cfg.fairness
     test = load_test_set(run_dir, cfg, f.data, f.max_examples)  # the same rows and labels `tuneloop eval` scores
     rows, labels, test_file = test.rows, test.labels, test.file
@@ -205,9 +242,9 @@ def run(run_dir: Path, config: Path | None = None, overrides: dict[str, Any] | N
         reference, ref_name, compare = audits.get("base"), "base", BASE_COMPARABLE
     checks = gate(audits["tuned"], f.thresholds, reference, reference_name=ref_name, compare=compare)
     warnings = [w for g in audits["tuned"]["groups"].values() for w in g["warnings"]]
-    result = FairnessResult(run_dir, audits, checks, warnings, notes)
+    result = FairnessResult(run_dir, audits, checks, warnings, notes, out, f.if_not_assessed == "block")
     write_outputs(result, cfg, test_file)
-    if (run_dir / "eval" / "metrics.json").is_file():  # put the audit into the run's report too
+    if out is None and (run_dir / "eval" / "metrics.json").is_file():  # put the audit into the run's report too
         from tuneloop.report import write_run_report
 
         write_run_report(run_dir)
