@@ -135,3 +135,58 @@ def test_a_generate_round_trains_dpo_on_preference_feedback(tiny_llama: Path, tm
     assert (run / "model_sft").is_dir() and result.decision.decision == "promote"
     train_rows = (result.round_dir / "data" / "train.jsonl").read_text()
     assert "the happy film number 0" in train_rows  # the corrections became SFT examples too
+
+
+def test_a_candidate_no_better_than_the_served_model_is_kept(setup: tuple[RunConfig, Path], tmp_path: Path) -> None:
+    """Same data, same seed, a learning rate changed in the 5th digit: noise, so the served model stays."""
+    cfg, _ = setup
+    cfg = cfg.model_copy(deep=True)
+    cfg.loop.out, cfg.loop.registry, cfg.feedback.db = tmp_path / "loop", f"sqlite:///{tmp_path}/reg.db", tmp_path / "none.db"
+    first = loop.run(cfg)
+    assert first.decision.decision == "promote"
+    f = first.decision.fairness  # toy sentiment: no attributes, no identity terms, no benchmark
+    assert f.status == "not_assessed" and f.checks == 0
+    assert any("fairness not assessed" in r for r in first.decision.reasons)
+    assert "passed" not in json.loads((first.round_dir / "run" / "fairness" / "result.json").read_text())["status"]
+
+    cfg.train.lr *= 1.0001
+    second = loop.run(cfg)
+    d = second.decision
+    assert second.round_dir != first.round_dir and d.decision == "keep", d.reasons
+    assert d.test is not None and d.test.test == "McNemar" and d.test.pvalue > 0.05 and abs(d.test.gain) < 0.05
+    assert Registry(cfg.loop.registry).promoted().name == first.decision.candidate
+    report = (second.round_dir / "run" / "report.html").read_text()
+    assert "KEEP" in report and "Evidence: candidate vs served model" in report and "NOT ASSESSED" in report
+
+    cfg.fairness.if_not_assessed = "block"  # nothing could be checked: with block, not even a first model is promoted
+    cfg.loop.out, cfg.loop.registry = tmp_path / "loop2", f"sqlite:///{tmp_path}/reg2.db"
+    blocked = loop.run(cfg)
+    assert blocked.decision.decision == "keep" and Registry(cfg.loop.registry).promoted() is None
+    assert any("if_not_assessed is block" in r for r in blocked.decision.reasons)
+
+
+def test_a_generate_round_is_decided_by_the_paired_test(tiny_llama: Path, tmp_path: Path) -> None:
+    from tiny import write_data
+
+    data = write_data(tmp_path / "toy", "generate", n_train=48, n_val=24)
+    cfg = load_config(None, {
+        "task": "generate", "base": str(tiny_llama), "seed": 0, "prepare.inputs": [str(data / "train.jsonl")],
+        "prepare.test_file": str(data / "test.jsonl"), "prepare.near_dup": False, "train.max_steps": 1, "train.threads": 1,
+        "train.precision": "fp32", "train.lr": 1e-6, "train.method": "full", "eval.base_too": False, "eval.max_new_tokens": 6,
+        "eval.bootstrap": 0, "fairness.benchmark": "none", "fairness.base_too": False, "feedback.db": tmp_path / "fb.db",
+        "loop.out": tmp_path / "loop", "loop.registry": f"sqlite:///{tmp_path}/reg.db",
+    })
+    weak = loop.run(cfg)  # one step at a tiny rate: the random model, promoted only because nothing is served
+    assert weak.decision.decision == "promote" and weak.decision.metric == "token_f1"
+
+    cfg.train.max_steps, cfg.train.lr = 30, 1e-2  # now it learns to answer "yes it is" / "no it is not"
+    strong = loop.run(cfg)
+    d = strong.decision
+    assert d.decision == "promote", d.reasons
+    assert d.test.test == "Wilcoxon signed-rank" and d.test.pvalue < 0.05 and d.test.ci_low > 0 and d.test.n == 24
+    assert {e.metric for e in d.evidence} >= {"token_f1", "rouge_l", "exact_match"}
+
+    cfg.train.lr *= 1.0001  # the same again, up to noise
+    again = loop.run(cfg)
+    assert again.decision.decision == "keep", again.decision.reasons
+    assert Registry(cfg.loop.registry).promoted().name == d.candidate
