@@ -214,3 +214,15 @@ def test_run_on_a_tiny_trained_model_writes_result_and_report(tmp_path: Path) ->
     assert doc["audits"]["tuned"]["stereotype"]["pairs"] == 4
     assert "Fairness" in (fairness.report_section(tmp_path / "run") or "")
     assert (tmp_path / "run" / "fairness" / "report.html").is_file()
+
+
+def test_zero_checks_is_not_assessed_never_passed(tmp_path: Path) -> None:
+    from tuneloop.fairness.gate import Check
+    from tuneloop.fairness.stage import FairnessResult
+
+    empty = {"groups": {}, "counterfactual": {"gender": {"examples": 0}}, "stereotype": None}
+    result = FairnessResult(tmp_path, {"tuned": empty}, [], [], [])
+    assert (result.status, result.passed) == ("not_assessed", False)
+    assert len(result.not_assessed()) == 3 and "no identity terms" in result.not_assessed()[1]
+    ok = FairnessResult(tmp_path, {"tuned": empty}, [Check("flip_rate <= max_flip_rate", 0.0, 0.1, True, "gender")], [], [])
+    assert (ok.status, ok.passed, ok.not_assessed()) == ("passed", True, [])
