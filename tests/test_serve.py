@@ -283,6 +283,7 @@ def test_settings_refuse_no_auth_off_loopback_and_bad_options(runs: dict[str, Pa
     ({"messages": [{"role": "user", "content": "good " * 400}], "max_tokens": 300}, 400, "messages"),  # context
     ({}, 400, "messages"),
     ('{"messages": [{"role": "user", "content": "\\ud800"}]}', 400, "messages.0.content"),  # not encodable
+    ('{"messages": [{"role": "user", "content": "a\\u0000b"}]}', 400, "messages.0.content"),  # PostgreSQL refuses NUL
     ('[1, 2]', 400, None),
 ])
 def test_bad_chat_requests_get_4xx_with_a_reason(chat_server: tuple[str, Any], body: Any, status: int,
@@ -485,6 +486,8 @@ def test_the_openai_clients_ordinary_calls_work(chat_server: tuple[str, Any]) ->
     assert client.models.retrieve("chat").id == "chat"
     with pytest.raises(openai.NotFoundError):
         client.models.retrieve("gpt-4o")
+    # Without max_tokens: as many as the context leaves (the server's limit equals the tiny model's context).
+    assert client.chat.completions.create(model="chat", messages=HELLO, temperature=0, stop=["e"]).choices[0]
     done = client.chat.completions.create(
         model="chat", messages=HELLO, max_tokens=3, temperature=0, frequency_penalty=0, presence_penalty=0,
         logprobs=False, response_format={"type": "text"}, store=False, parallel_tool_calls=False, top_p=1,

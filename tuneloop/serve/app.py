@@ -151,13 +151,15 @@ def _prompt_ids(served: ServedModel, body: ChatRequest) -> list[int]:
 
 def _chat_row(st: _State, served: ServedModel, body: ChatRequest) -> ChatRow:
     limit = st.settings.max_tokens
-    max_tokens = body.max_completion_tokens or body.max_tokens or limit
-    if max_tokens > limit:
+    asked = body.max_completion_tokens or body.max_tokens
+    if asked and asked > limit:
         param = "max_completion_tokens" if body.max_completion_tokens else "max_tokens"
-        raise ApiError(400, f"{param} {max_tokens} is above this server's limit of {limit}; ask for at most {limit}",
+        raise ApiError(400, f"{param} {asked} is above this server's limit of {limit}; ask for at most {limit}",
                        param=param, code="max_tokens_too_large")
     ids = _prompt_ids(served, body)
-    if served.context and len(ids) + max_tokens > served.context:
+    # Not asked: as many as the server allows and the context leaves room for.
+    max_tokens = asked or (min(limit, served.context - len(ids)) if served.context else limit)
+    if served.context and (max_tokens < 1 or len(ids) + max_tokens > served.context):
         raise ApiError(400, f"the prompt has {len(ids)} tokens; with max_tokens {max_tokens} that exceeds the model's "
                             f"context of {served.context} tokens: shorten the messages or lower max_tokens",
                        param="messages", code="context_length_exceeded")

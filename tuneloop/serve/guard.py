@@ -137,7 +137,15 @@ def install_error_handlers(app: FastAPI, settings: ServeSettings) -> None:
     async def http_error(request: Request, e: HTTPException) -> JSONResponse:
         if e.status_code == 413:  # a body without Content-Length that grew past the limit
             return error_response(_too_large(settings))
-        message = f"no such endpoint: {request.method} {request.url.path}" if e.status_code == 404 else str(e.detail)
+        if e.status_code == 400 and e.detail == "There was an error parsing the body":  # FastAPI's words for it
+            return error_response(ApiError(400, "the body could not be parsed as JSON: not UTF-8, nested too deeply, "
+                                                 "or a number with too many digits", code="invalid_json"))
+        message = str(e.detail)
+        if e.status_code == 404:
+            message = f"no such endpoint: {request.method} {request.url.path}"
+        elif e.status_code == 405:
+            allowed = (e.headers or {}).get("Allow", "another method")
+            message = f"{request.method} is not allowed on {request.url.path}: use {allowed}"
         return error_response(ApiError(e.status_code, message, code=f"http_{e.status_code}"))
 
     async def user_error(request: Request, e: TuneloopError) -> JSONResponse:

@@ -41,12 +41,14 @@ class _Strict(BaseModel):
 
 
 def _encodable(text: str) -> str:
-    # JSON may carry lone surrogates (\ud800) that no tokenizer or database accepts: refuse them here,
-    # before the text can fail a whole batch in the model thread.
+    # JSON may carry lone surrogates (\ud800) that no tokenizer or database accepts, and NUL characters
+    # that PostgreSQL text refuses: refuse them here, before they can fail a batch or a stored record.
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:
         raise ValueError("text is not valid Unicode (a lone surrogate such as \\ud800)") from None
+    if "\x00" in text:
+        raise ValueError("text contains a NUL character (\\u0000): remove it")
     return text
 
 
