@@ -23,7 +23,7 @@ def _classify(correct: list[bool], labels: tuple[str, str] = ("pos", "neg")) -> 
 def _generate(answers: list[str], refs: list[str], loss: list[float] | None = None) -> list[dict]:
     rows = [{"id": str(i), "reference": r, "tuned_output": a, "tuned_correct": a == r} for i, (a, r) in enumerate(zip(answers, refs))]
     for r, v in zip(rows, loss or []):
-        r["tuned_loss"] = v
+        r["tuned_scores"] = {"loss": v}  # as evaluate writes per-example scores
     return rows
 
 
@@ -68,6 +68,8 @@ def test_identical_candidate_is_kept() -> None:
 def test_generation_is_decided_by_wilcoxon_on_token_f1() -> None:
     refs = _refs(40)
     served, cand = _generate(_partial(refs, 3, 1), refs), _generate(_partial(refs, 6, 2), refs)
+    boot = decide("generate", "auto", None, 0.05, cand, served, PASSED, method="bootstrap")
+    assert boot.decision == "promote" and boot.test.test == "paired bootstrap" and boot.test.ci_low > 0
     d = decide("generate", "auto", None, 0.05, cand, served, PASSED)
     assert d.decision == "promote", d.reasons
     assert d.metric == "token_f1" and d.test.test == "Wilcoxon signed-rank"
@@ -106,8 +108,8 @@ def test_loss_needs_more_than_the_auto_margin() -> None:
 
 def test_a_metric_without_per_example_scores_is_an_error_not_a_guess() -> None:
     refs = _refs(5)
-    with pytest.raises(TuneloopError, match="loss.*not measured per example"):
-        decide("generate", "loss", None, 0.05, _generate(refs, refs), None, PASSED)
+    with pytest.raises(TuneloopError, match="semantic.*not measured per example"):
+        decide("generate", "semantic", None, 0.05, _generate(refs, refs), None, PASSED)
 
 
 def test_no_shared_rows_is_a_keep() -> None:

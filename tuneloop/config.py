@@ -266,11 +266,11 @@ class LoopConfig(_Section):
 
     registry: str | None = Field(None, description="Registry URL (SQLAlchemy; default: $TUNELOOP_REGISTRY or sqlite:///runs/registry.db).")
     out: Path = Field(Path("runs/loop"), description="Folder for each round's data/ and candidate run.")
-    metric: Literal["auto", "macro_f1", "accuracy", "loss", "token_f1", "rouge_l", "exact_match"] = Field(
-        "auto", description="Metric the candidate must improve on the frozen test set (auto: macro_f1 for classify, token_f1 for generate; loss needs per-example losses in the eval predictions)."
+    metric: Literal["auto", "macro_f1", "accuracy", "loss", "token_f1", "rouge_l", "semantic", "exact_match"] = Field(
+        "auto", description="Metric the candidate must improve on the frozen test set (auto: macro_f1 for classify, token_f1 for generate)."
     )
     margin: float | None = Field(None, ge=0, description="The candidate must beat the promoted model by more than this (absolute; None: 0.01 for loss, 0 otherwise, where the paired test guards against noise).")
-    alpha: float | None = Field(0.05, gt=0, lt=1, description="p-value the paired test on the same test rows must be below (McNemar for right/wrong metrics, Wilcoxon signed-rank for token_f1/rouge_l/loss; None: no test, margin only).")
+    alpha: float | None = Field(0.05, gt=0, lt=1, description="p-value the paired test on the same test rows must be below (McNemar for right/wrong metrics, eval.paired_test (Wilcoxon or paired bootstrap) for token_f1/rouge_l/semantic/loss; None: no test, margin only).")
     require_fairness: bool = Field(True, description="Run the fairness audit against the promoted model and refuse a candidate that fails it.")
 
 

@@ -21,11 +21,10 @@ from pydantic import BaseModel, Field
 
 from tuneloop.errors import TuneloopError
 from tuneloop.evaluate.metrics import f1_score
+from tuneloop.evaluate.score import GEN_SCORES, LOWER_IS_BETTER
 from tuneloop.evaluate.stats import bootstrap_ci, mcnemar, paired_test
 from tuneloop.evaluate.text import exact_match, rouge_l, token_f1
 
-#: Metrics where smaller is better; their gain is `served - candidate`.
-LOWER_IS_BETTER = {"loss"}
 #: Margin `loop.margin: auto` applies: loss is in nats per token, so a 0.0011 change is noise, not progress.
 AUTO_MARGIN = {"loss": 0.01}
 #: Per-example outcome that is right or wrong: the paired test is McNemar's.
@@ -45,7 +44,7 @@ class MetricEvidence(BaseModel):
     ci_low: float = Field(description="Paired bootstrap 95% interval of the gain, lower end.")
     ci_high: float
     pvalue: float = Field(description="Two-sided p-value of the paired test.")
-    test: str = Field(description="The paired test: 'McNemar' or 'Wilcoxon signed-rank'.")
+    test: str = Field(description="The paired test: 'McNemar', 'Wilcoxon signed-rank' or 'paired bootstrap'.")
 
 
 class FairnessVerdict(BaseModel):
@@ -104,22 +103,27 @@ def _labels(rows: Sequence[dict[str, Any]]) -> list[str | None] | None:
     return [r["tuned_label"] for r in rows]
 
 
+#: Scores computed from the answer text when a predictions row does not carry them.
+_FROM_TEXT = {"exact_match": lambda p, ref: float(exact_match(p, ref)), "token_f1": token_f1, "rouge_l": rouge_l}
+
+
 def per_example(metric: str, rows: Sequence[dict[str, Any]]) -> list[float] | None:
     """The tuned system's per-example outcome of `metric` from eval predictions rows (None: not recorded).
 
-    accuracy and macro-F1 give right (1) / wrong (0); exact match, token F1 and ROUGE-L are
-    computed from the generated answer and the reference; loss is the row's `tuned_loss`.
+    accuracy and macro-F1 give right (1) / wrong (0); generation scores (token F1, ROUGE-L, exact
+    match, semantic similarity, loss) are the row's `tuned_scores`, and the first three are
+    computed from the answer and the reference when a row lacks them.
     """
     if not rows:
         return []
     if metric in ("accuracy", "macro_f1"):
-        return [float(bool(r["tuned_correct"])) for r in rows] if "tuned_correct" in rows[0] else None
-    if metric == "loss":
-        return [float(r["tuned_loss"]) for r in rows] if all(r.get("tuned_loss") is not None for r in rows) else None
-    if not all(isinstance(r.get("tuned_output"), str) for r in rows):
-        return None
-    score = {"exact_match": lambda p, ref: float(exact_match(p, ref)), "token_f1": token_f1, "rouge_l": rouge_l}[metric]
-    return [score(r["tuned_output"], r["reference"]) for r in rows]
+        return [float(bool(r["tuned_correct"])) for r in rows] if all("tuned_correct" in r for r in rows) else None
+    scores = [r.get("tuned_scores") or {} for r in rows]
+    if all(s.get(metric) is not None for s in scores):
+        return [float(s[metric]) for s in scores]
+    if metric in _FROM_TEXT and all(isinstance(r.get("tuned_output"), str) for r in rows):
+        return [_FROM_TEXT[metric](r["tuned_output"], r["reference"]) for r in rows]
+    return None
 
 
 def _macro_f1(refs: Sequence[str], preds: Sequence[str]) -> float:
@@ -127,13 +131,14 @@ def _macro_f1(refs: Sequence[str], preds: Sequence[str]) -> float:
 
 
 def compare(metric: str, cand: Sequence[dict[str, Any]], served: Sequence[dict[str, Any]], *,
-            n_boot: int = 2000, seed: int = 0) -> MetricEvidence | None:
+            method: Literal["wilcoxon", "bootstrap"] = "wilcoxon", n_boot: int = 2000, seed: int = 0) -> MetricEvidence | None:
     """Paired comparison of the candidate and the served model on one metric (rows matched by position).
 
     Args:
-        metric: One of accuracy, macro_f1, exact_match, token_f1, rouge_l, loss.
+        metric: One of accuracy, macro_f1, exact_match, token_f1, rouge_l, semantic, loss.
         cand: The candidate's eval predictions rows.
         served: The served model's rows for the same examples, in the same order.
+        method: Paired test of graded scores (`eval.paired_test`): Wilcoxon signed-rank or paired bootstrap.
         n_boot: Bootstrap resamples for the interval of the gain.
         seed: Bootstrap seed.
 
@@ -145,11 +150,11 @@ def compare(metric: str, cand: Sequence[dict[str, Any]], served: Sequence[dict[s
         return None
     lower = metric in LOWER_IS_BETTER
     # paired_test's diff is mean(second - first): order the pair so that a positive diff means "better".
-    paired = paired_test(b, a, metric=metric, n_boot=n_boot, seed=seed) if lower else \
-        paired_test(a, b, metric=metric, n_boot=n_boot, seed=seed)
+    first, second = (b, a) if lower else (a, b)
+    paired = paired_test(first, second, metric=metric, method=method, n_boot=n_boot, seed=seed)
     ev = {"metric": metric, "higher_is_better": not lower, "n": paired.n, "candidate": float(sum(b) / len(b)),
           "served": float(sum(a) / len(a)), "gain": paired.diff, "ci_low": paired.ci_low, "ci_high": paired.ci_high,
-          "pvalue": paired.pvalue, "test": "Wilcoxon signed-rank"}
+          "pvalue": paired.pvalue, "test": "Wilcoxon signed-rank" if method == "wilcoxon" else "paired bootstrap"}
     if metric in RIGHT_OR_WRONG:
         ev.update(pvalue=mcnemar([x > 0.5 for x in b], [x > 0.5 for x in a]).pvalue, test="McNemar")
     if metric == "macro_f1":
@@ -170,9 +175,7 @@ def evidence_metrics(task: str, rows: Sequence[dict[str, Any]]) -> list[str]:
     """The metrics the evidence lists for a task: classification ones when answers are labels, graded ones for text."""
     names = ["macro_f1", "accuracy"] if _labels(rows) is not None else []
     if task == "generate":
-        names += ["token_f1", "rouge_l", "exact_match"]
-    if rows and all(r.get("tuned_loss") is not None for r in rows):
-        names.append("loss")
+        names += [m for m in GEN_SCORES if per_example(m, rows) is not None]
     return names
 
 
@@ -185,7 +188,7 @@ def match(cand: Sequence[dict[str, Any]], served: Sequence[dict[str, Any]]) -> t
 
 def decide(task: str, metric: str, margin: float | None, alpha: float | None, cand: Sequence[dict[str, Any]],
            served: Sequence[dict[str, Any]] | None, fairness: FairnessVerdict, *, block_unassessed: bool = False,
-           n_boot: int = 2000, seed: int = 0) -> GateDecision:
+           method: Literal["wilcoxon", "bootstrap"] = "wilcoxon", n_boot: int = 2000, seed: int = 0) -> GateDecision:
     """Decide promote or keep from both models' per-example predictions on the frozen test set.
 
     Args:
@@ -197,6 +200,7 @@ def decide(task: str, metric: str, margin: float | None, alpha: float | None, ca
         served: The served model's rows on the same test set, or None when nothing is served yet.
         fairness: The round's fairness verdict.
         block_unassessed: Keep when the fairness audit could check nothing (`fairness.if_not_assessed: block`).
+        method: Paired test of graded scores (`eval.paired_test`); right/wrong outcomes always use McNemar.
         n_boot: Bootstrap resamples for the intervals.
         seed: Bootstrap seed.
 
@@ -218,7 +222,7 @@ def decide(task: str, metric: str, margin: float | None, alpha: float | None, ca
         d.candidate_value = _value(metric, cand, outcome)
         d.reasons.append("no model is served yet: the first candidate that passes fairness is promoted")
     else:
-        ok = _compare(d, task, cand, served, n_boot=n_boot, seed=seed)
+        ok = _compare(d, task, cand, served, method=method, n_boot=n_boot, seed=seed)
     ok = _fairness_ok(d, fairness, block_unassessed) and ok
     d.decision = "promote" if ok else "keep"
     if ok and served is not None and d.test is not None:
@@ -237,10 +241,10 @@ def _value(metric: str, rows: Sequence[dict[str, Any]], outcome: list[float]) ->
 
 
 def _compare(d: GateDecision, task: str, cand: Sequence[dict[str, Any]], served: Sequence[dict[str, Any]], *,
-             n_boot: int, seed: int) -> bool:
+             method: Literal["wilcoxon", "bootstrap"], n_boot: int, seed: int) -> bool:
     """Fill the evidence and the chosen metric's comparison; False when it does not show a real gain."""
     c, s = match(cand, served)
-    d.evidence = [ev for m in evidence_metrics(task, c) if (ev := compare(m, c, s, n_boot=n_boot, seed=seed))]
+    d.evidence = [ev for m in evidence_metrics(task, c) if (ev := compare(m, c, s, method=method, n_boot=n_boot, seed=seed))]
     d.test = next((ev for ev in d.evidence if ev.metric == d.metric), None)
     if d.test is None:
         d.reasons.append(f"no paired comparison on {d.metric}: the served model and the candidate share "

@@ -306,7 +306,7 @@ def _decide(cfg: RunConfig, run_dir: Path, rnd: Path, inc: ModelRecord | None, f
     served = _served_predictions(cfg, inc, frozen, rnd) if inc is not None else None
     decision = decide(cfg.task, cfg.loop.metric, cfg.loop.margin, cfg.loop.alpha,
                       read_jsonl(run_dir / "eval" / "predictions.jsonl"), served, fairness,
-                      block_unassessed=cfg.fairness.if_not_assessed == "block", seed=cfg.seed)
+                      block_unassessed=cfg.fairness.if_not_assessed == "block", method=cfg.eval.paired_test, seed=cfg.seed)
     return decision.model_copy(update={"incumbent": inc.name if inc else None, "frozen_test": str(frozen)})
 
 
