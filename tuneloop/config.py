@@ -297,10 +297,16 @@ def format_validation_error(err: ValidationError) -> str:
         # Drop pydantic's union/validator markers ("list[any]", "function-after[...]") from the path;
         # for a union, the first alternative's complaint is the one that names the real problem.
         field = ".".join(str(p) for p in e["loc"] if not any(c in str(p) for c in "[(")) or "config"
-        got = "" if e["type"] == "missing" else f" (got {e.get('input')!r})"
-        msg = e["msg"].removeprefix("Value error, ")
+        got = "" if e["type"] == "missing" else f" (got {_clip(repr(e.get('input')), 60)})"
+        msg = _clip(e["msg"].removeprefix("Value error, "), 200)
         lines.setdefault(field, f"config field '{field}'{got}: {msg}")
-    return "\n".join(lines.values())
+    shown = list(lines.values())[:_MAX_ERROR_LINES]  # a hostile file can break thousands of fields
+    more = len(lines) - len(shown)
+    return "\n".join(shown + ([f"... and {more} more"] if more else []))
+
+
+def _clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _set_dotted(d: dict[str, Any], key: str, value: Any) -> None:
@@ -328,12 +334,7 @@ def load_config(path: Path | str | None = None, overrides: dict[str, Any] | None
     raw: dict[str, Any] = {}
     if path is not None:
         p = Path(path)
-        if not p.is_file():
-            raise TuneloopError(f"config file {p} does not exist")
-        try:
-            raw = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as e:
-            raise TuneloopError(f"config file {p} is not valid YAML: {e}") from None
+        raw = read_yaml_file(p) or {}
         if not isinstance(raw, dict):
             raise TuneloopError(f"config file {p} must hold a mapping of fields, not {type(raw).__name__}")
     for key, value in (overrides or {}).items():
@@ -344,6 +345,105 @@ def load_config(path: Path | str | None = None, overrides: dict[str, Any] | None
     except ValidationError as e:
         where = f" in {path}" if path else ""
         raise TuneloopError(f"invalid config{where}:\n{format_validation_error(e)}") from None
+
+
+MAX_CONFIG_BYTES = 1_000_000  # a config is a few KB; anything this big is the wrong file
+MAX_YAML_NODES = 10_000  # what anchors and aliases may expand to: a config has ~100 values
+_MAX_ERROR_LINES = 20
+
+
+class _ConfigLoader(yaml.SafeLoader):
+    """PyYAML's safe loader that also refuses aliases expanding beyond `MAX_YAML_NODES` nodes.
+
+    Aliases share one parsed node, so a few hundred bytes of nested aliases ("billion laughs")
+    parse quickly but expand to billions of values in anything that walks the result
+    (validation, error messages); the check counts that expansion before anything walks it.
+    """
+
+    def compose_document(self) -> yaml.Node:  # noqa: D102 (PyYAML hook)
+        node = super().compose_document()
+        _check_expansion(node)
+        return node
+
+
+class _YamlTooBig(yaml.YAMLError):
+    """Aliases expand too far or refer to themselves."""
+
+
+def _check_expansion(root: yaml.Node) -> None:
+    sizes: dict[int, int] = {}  # node id -> nodes it expands to
+    on_path: set[int] = set()
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:  # post-order walk without recursion: the nesting itself may be hostile
+        node, children_done = stack.pop()
+        key = id(node)
+        children = _children(node)
+        if children_done:
+            on_path.discard(key)
+            sizes[key] = 1 + sum(sizes[id(c)] for c in children)
+            if sizes[key] > MAX_YAML_NODES:
+                raise _YamlTooBig(f"its anchors and aliases expand to more than {MAX_YAML_NODES:,} values; "
+                                  "write the values out instead of nesting aliases")
+        elif key in on_path:
+            raise _YamlTooBig("an alias refers to itself (a recursive anchor); write the values out instead")
+        elif key not in sizes:
+            on_path.add(key)
+            stack.append((node, True))
+            stack.extend((c, False) for c in children)
+
+
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.SequenceNode):
+        return node.value
+    if isinstance(node, yaml.MappingNode):
+        return [n for pair in node.value for n in pair]
+    return []
+
+
+def read_yaml_file(p: Path) -> Any:
+    """Parse a YAML file safely: UTF-8 only, bounded in size, nesting and alias expansion.
+
+    Args:
+        p: The file.
+
+    Returns:
+        What the YAML holds (None for an empty file).
+
+    Raises:
+        TuneloopError: one line saying which file, what is wrong and what to do.
+    """
+    if not p.is_file():
+        raise TuneloopError(f"config file {p} does not exist")
+    try:
+        size = p.stat().st_size
+        if size > MAX_CONFIG_BYTES:
+            raise TuneloopError(f"config file {p} is {size:,} bytes, over the {MAX_CONFIG_BYTES:,} a config may have; "
+                                "is it the right file?")
+        data = p.read_bytes()
+    except OSError as e:
+        raise TuneloopError(f"cannot read config file {p}: {e.strerror}") from None
+    try:
+        text = data.decode("utf-8-sig")  # -sig: a byte-order mark (Windows editors) is fine
+    except UnicodeDecodeError as e:
+        raise TuneloopError(f"config file {p} is not UTF-8 text (byte 0x{data[e.start]:02x} at position {e.start}); "
+                            "save it as UTF-8") from None
+    try:
+        return yaml.load(text, Loader=_ConfigLoader)  # noqa: S506 (a SafeLoader subclass)
+    except _YamlTooBig as e:
+        raise TuneloopError(f"config file {p} is refused: {e}") from None
+    except yaml.YAMLError as e:
+        raise TuneloopError(f"config file {p} is not valid YAML: {_yaml_problem(e)}") from None
+    except RecursionError:
+        raise TuneloopError(f"config file {p} is nested too deeply to read; a config has sections and fields, "
+                            "not deep lists") from None
+
+
+def _yaml_problem(e: yaml.YAMLError) -> str:
+    """PyYAML's error as one short line: the problem and where it is."""
+    if isinstance(e, yaml.MarkedYAMLError) and e.problem:
+        where = f" (line {e.problem_mark.line + 1}, column {e.problem_mark.column + 1})" if e.problem_mark else ""
+        return _clip(e.problem, 200) + where
+    return _clip(str(e).splitlines()[0], 200)
 
 
 def save_config(cfg: RunConfig, path: Path) -> None:
