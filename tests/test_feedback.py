@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+import signal
+import subprocess
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -15,6 +18,7 @@ from tuneloop.errors import TuneloopError
 # Only the store at import time: spawned writer processes import this module, and curation
 # (feedback.export) pulls in the whole data pipeline.
 from tuneloop.feedback import MAX_TEXT_CHARS, FeedbackError, FeedbackStore, parse_rating
+from postgres import pg_server, pg_url  # noqa: F401  (fixtures: a real PostgreSQL server)
 
 LABELS = ["negative", "positive"]
 SYSTEM = {"role": "system", "content": "Answer briefly."}
@@ -42,8 +46,14 @@ def _write_jsonl(path: Path, rows: list[dict]) -> Path:
 
 # --- the store -----------------------------------------------------------------------------------
 
-def test_round_trip_survives_reopening(tmp_path: Path) -> None:
-    db = tmp_path / "fb" / "feedback.db"
+@pytest.fixture(params=["sqlite", "postgresql"])
+def target(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Where a store lives: a SQLite file (the default), or a database on a real PostgreSQL server."""
+    return str(tmp_path / "fb" / "feedback.db") if request.param == "sqlite" else request.getfixturevalue("pg_url")
+
+
+def test_round_trip_survives_reopening(target: str) -> None:
+    db = target
     store = FeedbackStore(db)
     chat_id = _chat(store, "What is 2+2?", "4")
     cls_id = _classify(store, ["great film"], ["positive"])
@@ -62,7 +72,10 @@ def test_round_trip_survives_reopening(tmp_path: Path) -> None:
     assert again.get_response("chatcmpl-unknown") is None
     _, records = again.snapshot()
     assert [(r["response_id"], r["rating"], r["comment"]) for r in records] == [(chat_id, "down", "be precise")]
-    assert again._con().execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    if again.engine.dialect.name == "sqlite":
+        with again.engine.connect() as c:
+            assert c.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+            assert c.exec_driver_sql("PRAGMA synchronous").scalar() == 2  # FULL: every commit fsynced
 
 
 @pytest.mark.parametrize("rating, canonical, score", [
@@ -79,8 +92,8 @@ def test_bad_ratings_are_rejected(rating: object) -> None:
         parse_rating(rating)
 
 
-def test_invalid_feedback_is_rejected_with_a_reason(tmp_path: Path) -> None:
-    store = FeedbackStore(tmp_path / "f.db")
+def test_invalid_feedback_is_rejected_with_a_reason(target: str) -> None:
+    store = FeedbackStore(target)
     rid = _classify(store, ["a", "b", "c"], ["positive", "negative", "positive"])
     cases = [
         ({"response_id": "cls-nope", "rating": "up", "index": 0}, "unknown response id 'cls-nope': feedback must refer to an id this server returned"),
@@ -107,8 +120,8 @@ def test_invalid_feedback_is_rejected_with_a_reason(tmp_path: Path) -> None:
         store.record_response(model="m", kind="embed", request={}, response={})
 
 
-def test_same_idempotency_key_is_stored_once(tmp_path: Path) -> None:
-    store = FeedbackStore(tmp_path / "f.db")
+def test_same_idempotency_key_is_stored_once(target: str) -> None:
+    store = FeedbackStore(target)
     rid = _chat(store, "hi", "hello")
     first = store.add_feedback(response_id=rid, rating="up", idempotency_key="retry-1")
     again = store.add_feedback(response_id=rid, rating="down", comment="changed my mind", idempotency_key="retry-1")
@@ -134,8 +147,8 @@ def _post_feedback(args: tuple[str, list[str], int, int]) -> int:
     return len(set(ids))
 
 
-def test_concurrent_writers_from_several_processes_store_each_record_once(tmp_path: Path) -> None:
-    db = tmp_path / "f.db"
+def test_concurrent_writers_from_several_processes_store_each_record_once(target: str) -> None:
+    db = target
     store = FeedbackStore(db)
     response_ids = [_chat(store, f"question {i}", f"answer {i}") for i in range(10)]
     ctx = multiprocessing.get_context("spawn")
@@ -147,6 +160,108 @@ def test_concurrent_writers_from_several_processes_store_each_record_once(tmp_pa
     assert len({r["id"] for r in records}) == 1000
     assert sorted(r["idempotency_key"] for r in records) == sorted(f"key-{i}" for i in range(1000))
     assert sorted(r["comment"] for r in records) == sorted(f"c{i}" for i in range(1000))
+
+
+
+WRITER = """
+import sys
+from tuneloop.feedback import FeedbackStore
+store = FeedbackStore(sys.argv[1])
+for i in range(100_000):
+    rec = store.add_feedback(response_id=sys.argv[2], rating="up", comment=f"c{i}", idempotency_key=f"k{i}")
+    print(rec["id"], flush=True)  # acknowledged: add_feedback returned
+"""
+
+
+def test_a_killed_writer_loses_no_acknowledged_record(target: str) -> None:
+    store = FeedbackStore(target)
+    rid = _chat(store, "q", "a")
+    proc = subprocess.Popen([sys.executable, "-c", WRITER, target, rid], stdout=subprocess.PIPE, text=True)
+    acknowledged = []
+    for line in proc.stdout:
+        acknowledged.append(line.strip())
+        if len(acknowledged) == 200:
+            proc.send_signal(signal.SIGKILL)  # mid-write, as a crash would
+            break
+    acknowledged += proc.stdout.read().split()  # what it printed before it died
+    proc.wait()
+    _, records = FeedbackStore(target).snapshot()
+    assert set(acknowledged) <= {r["id"] for r in records}
+    assert len(acknowledged) >= 200
+
+
+def test_only_what_export_needs_is_stored_and_personal_data_is_redacted(target: str) -> None:
+    store = FeedbackStore(target)
+    big = {"messages": [{"role": "user", "content": "Mail me at ann@example.com or call +1 415 555 2671", "name": "ann"}],
+           "max_tokens": 32, "temperature": 0.3, "user": "customer-42", "metadata": {"x": "y" * 10_000}}
+    answer = {"id": "x", "object": "chat.completion", "usage": {"prompt_tokens": 9},
+              "choices": [{"index": 0, "message": {"role": "assistant", "content": "Wrote to ann@example.com."}}]}
+    rid = store.record_response(model="m1", kind="chat", request=big, response=answer)
+    stored = store.get_response(rid)
+    assert stored["request"] == {"messages": [{"role": "user", "content": "Mail me at [EMAIL] or call [PHONE]"}]}
+    assert stored["response"] == {"choices": [{"index": 0, "message": {"role": "assistant", "content": "Wrote to [EMAIL]."}}]}
+    cls = _classify(store, ["call 415-555-2671 now", "fine"], ["spam", "ham"])
+    assert store.get_response(cls)["request"] == {"input": ["call [PHONE] now", "fine"]}
+    assert store.get_response(cls)["response"] == {"labels": ["spam", "ham"]}
+    rec = store.add_feedback(response_id=rid, rating="down", comment="reach me at bob@example.org")
+    assert rec["comment"] == "reach me at [EMAIL]"
+
+
+def test_unrated_responses_are_purged_after_the_retention_period(target: str) -> None:
+    store = FeedbackStore(target, retention_days=30)
+    old_unrated, old_rated = _chat(store, "old", "a"), _chat(store, "old rated", "b")
+    store.add_feedback(response_id=old_rated, rating="up")
+    with store.engine.begin() as c:  # age them: 31 days ago
+        c.exec_driver_sql("UPDATE responses SET created = '2000-01-01T00:00:00.000000+00:00'")
+    fresh = _chat(store, "new", "c")
+    assert store.purge() == 1
+    assert store.get_response(old_unrated) is None
+    assert store.get_response(old_rated) is not None and store.get_response(fresh) is not None
+    assert FeedbackStore(target, retention_days=None).purge() == 0  # keep everything
+
+
+@pytest.mark.parametrize("bad", ["postgresql:/user@host/db", "mysql://u:pw@host/db", "postgres:x", "http://host/db"])
+def test_a_target_that_is_neither_a_path_nor_a_supported_url_is_refused(bad: str, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(TuneloopError, match="the feedback store: .*(neither a file path nor|not supported)") as err:
+        FeedbackStore(bad)
+    assert "pw" not in str(err.value)
+    assert list(tmp_path.iterdir()) == []  # never a local file named after the URL
+
+
+def test_a_store_from_before_versioning_opens_and_keeps_its_records(tmp_path: Path) -> None:
+    import sqlite3
+
+    con = sqlite3.connect(tmp_path / "old.db")  # the schema of the SQLite-only store, ratings untyped
+    con.executescript("""
+        CREATE TABLE responses (id TEXT PRIMARY KEY, created TEXT NOT NULL, model TEXT NOT NULL, kind TEXT NOT NULL,
+            n_items INTEGER NOT NULL, request TEXT NOT NULL, response TEXT NOT NULL);
+        CREATE TABLE feedback (seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT NOT NULL UNIQUE,
+            response_id TEXT NOT NULL REFERENCES responses(id), idx INTEGER NOT NULL, rating NOT NULL,
+            score REAL NOT NULL, corrected TEXT, comment TEXT, idempotency_key TEXT UNIQUE, created TEXT NOT NULL);
+        INSERT INTO responses VALUES ('cls-1', '2026-01-01T00:00:00+00:00', 'm', 'classify', 1, '{"input": ["hi"]}', '{"labels": ["x"]}');
+        INSERT INTO feedback (id, response_id, idx, rating, score, created) VALUES ('fb-1', 'cls-1', 0, 4, 0.75, '2026-01-01');
+    """)
+    con.close()
+    store = FeedbackStore(tmp_path / "old.db")
+    _, records = store.snapshot()
+    assert [(r["id"], r["rating"], r["request"]) for r in records] == [("fb-1", 4, {"input": ["hi"]})]
+    with store.engine.connect() as c:
+        assert c.exec_driver_sql("SELECT version FROM tuneloop_schema WHERE component = 'feedback'").scalar() == 2
+
+
+def _open_store(target: str) -> str:
+    FeedbackStore(target).close()
+    return "ok"
+
+
+def test_many_processes_opening_an_empty_database_at_once_create_the_schema_once(target: str) -> None:
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Pool(6) as pool:
+        assert pool.map(_open_store, [target] * 12) == ["ok"] * 12
+    store = FeedbackStore(target)
+    with store.engine.connect() as c:
+        assert c.exec_driver_sql("SELECT component, version FROM tuneloop_schema").all() == [("feedback", 2)]
 
 
 # --- export: classify ----------------------------------------------------------------------------

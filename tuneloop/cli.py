@@ -293,7 +293,7 @@ def serve(
     admin_key: Optional[list[str]] = typer.Option(None, help="Key for /admin/* such as reload (repeatable; $TUNELOOP_ADMIN_KEYS adds more)."),
     no_auth: Optional[bool] = typer.Option(None, "--no-auth", help="Accept requests without a key (loopback host only)."),
     registry: Optional[str] = RegistryOpt,
-    feedback_db: Optional[Path] = typer.Option(None, help="Where responses and feedback are stored (default runs/feedback.db)."),
+    feedback_db: Optional[str] = typer.Option(None, help="Where responses and feedback are stored: a SQLite file (default runs/feedback.db) or a postgresql:// URL."),
     max_tokens: Optional[int] = typer.Option(None, help="Largest max_tokens a chat request may ask for."),
     max_body_bytes: Optional[int] = typer.Option(None, help="Largest request body (413 above)."),
     max_batch: Optional[int] = typer.Option(None, help="Most requests (classify: texts) in one batched model call."),
@@ -325,7 +325,7 @@ app.add_typer(feedback_app, name="feedback")
 def feedback_export(
     out: Path = typer.Option(..., help="Folder for feedback.jsonl, preferences.jsonl and report.json."),
     config: Optional[Path] = ConfigOpt,
-    db: Optional[Path] = typer.Option(None, help="Feedback store (default: feedback.db in the config, runs/feedback.db)."),
+    db: Optional[str] = typer.Option(None, help="Feedback store: a SQLite file or a postgresql:// URL (default: feedback.db in the config, runs/feedback.db)."),
     data: Optional[Path] = typer.Option(None, help="Prepared folder: skip examples already in its train/val, never leak its test."),
     task: Optional[str] = typer.Option(None, help="classify or generate (default: the data's manifest, else the config)."),
 ) -> None:
@@ -349,7 +349,7 @@ def feedback_export(
 def loop(
     config: Path = typer.Option(..., "--config", "-c", help="YAML run config (prepare.inputs, train, loop sections)."),
     registry: Optional[str] = RegistryOpt,
-    feedback_db: Optional[Path] = typer.Option(None, help="Feedback store the server writes (default: feedback.db in the config)."),
+    feedback_db: Optional[str] = typer.Option(None, help="Feedback store the server writes, a file or URL (default: feedback.db in the config)."),
     out: Optional[Path] = typer.Option(None, help="Folder for the rounds (default: loop.out)."),
 ) -> None:
     """One round: feedback -> prepare -> train -> eval -> fairness -> gate -> promote or keep."""

@@ -255,7 +255,9 @@ class FairnessConfig(_Section):
 class FeedbackConfig(_Section):
     """Where served responses and user feedback are stored, and how feedback becomes training data."""
 
-    db: Path = Field(Path("runs/feedback.db"), description="SQLite feedback store (WAL) the server writes and `feedback export` reads.")
+    db: str | Path = Field("runs/feedback.db", description="Feedback store the server writes and `feedback export` reads: a SQLite file (WAL) or a postgresql:// URL.")
+    retention_days: float | None = Field(30.0, gt=0, description="Delete stored responses nobody rated after this many days (None: keep them).")
+    redact_pii: bool = Field(True, description="Replace personal data in stored requests, answers and comments with [EMAIL], [PHONE], ... (the `prepare` redactor).")
     include_positive: bool = Field(True, description="Also turn well-rated responses (score >= positive_score) into training examples.")
     positive_score: float = Field(0.75, ge=0, le=1, description="Normalised rating (thumbs up = 1, 5 stars = 1, 1 star = 0) from which a response counts as good.")
     negative_score: float = Field(0.25, ge=0, le=1, description="Normalised rating up to which a response counts as bad.")

@@ -105,13 +105,15 @@ def _curate(cfg: RunConfig, rnd: Path, frozen: Path | None) -> tuple[list[Path],
     """Export the feedback into the folder `rnd`; return the non-empty files and the export's counts."""
     from tuneloop import feedback
 
-    if not Path(cfg.feedback.db).is_file():
+    from tuneloop.store import exists
+
+    if not exists(cfg.feedback.db):
         return [], {"note": f"no feedback store at {cfg.feedback.db}"}
     # The export must depend only on the feedback and the frozen test set, not on which model is
     # served, so that a rerun without new feedback is the same round: no `existing` data (prepare
     # removes duplicates anyway), and the labels are those of the frozen test set.
     labels = _test_labels(frozen) if cfg.task == "classify" and frozen else None
-    feedback.export(Path(cfg.feedback.db), rnd, task=cfg.task, cfg=cfg.feedback,
+    feedback.export(cfg.feedback.db, rnd, task=cfg.task, cfg=cfg.feedback,
                     test_files=[frozen] if frozen else [], labels=labels)
     report = rnd / "report.json"
     counts = json.loads(report.read_text(encoding="utf-8")) if report.is_file() else {}

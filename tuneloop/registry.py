@@ -5,9 +5,11 @@ result; `promote` makes it the one `tuneloop serve --model promoted` serves (the
 retired), `rollback` re-promotes the model that was served before. Every change is an event with
 its reason and evidence, so "why is this model live?" always has an answer.
 
-Storage is any SQLAlchemy URL: SQLite by default (one file, no server), PostgreSQL across
-machines (`postgresql+psycopg://user@host/db`). Promotion runs in one transaction, so two
-processes promoting at once still leave exactly one promoted model.
+Storage (`tuneloop.store.db`): SQLite by default (one file, no server), PostgreSQL across machines
+(`postgresql://user:password@host/db`, driver psycopg 3: `pip install 'tuneloop[postgres]'`).
+The schema is versioned and created under a lock, so processes opening a new database at once
+do not race. Promotion runs in one transaction and a unique index allows one promoted model: two
+processes promoting at once leave exactly one promoted, and the other is told so in one line.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -24,6 +28,7 @@ import sqlalchemy as sa
 import yaml
 
 from tuneloop.errors import TuneloopError
+from tuneloop.store import db
 
 STATUSES = ("candidate", "promoted", "retired")
 
@@ -118,23 +123,28 @@ def _record(row: Any) -> ModelRecord:
     return ModelRecord(**{**d, "path": Path(d["path"])})
 
 
+#: The schema's versions (see `tuneloop.store.db.ensure_schema`); 1: the tables as first released.
+MIGRATIONS: list[db.Migration] = [lambda c: _meta.create_all(c, checkfirst=True)]
+
+
 class Registry:
-    """Runs, their metrics and status, and the promotion history, in a SQL database."""
+    """Runs, their metrics and status, and the promotion history, in a SQL database.
+
+    Attributes:
+        url: The database URL with its password masked (safe to print).
+        engine: The SQLAlchemy engine (holds the real URL).
+    """
 
     def __init__(self, url: str | None = None) -> None:
-        """Open (and create, if new) the registry at `url` (default: `default_url()`)."""
-        self.url = url or default_url()
-        if self.url.startswith("sqlite:///") and self.url != "sqlite:///:memory:":
-            Path(self.url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-        try:
-            self.engine = sa.create_engine(self.url, future=True)
-            if self.engine.dialect.name == "sqlite":
-                # WAL lets the server read while a loop writes; a busy timeout instead of "database is locked".
-                sa.event.listen(self.engine, "connect", _sqlite_pragmas)
-                sa.event.listen(self.engine, "begin", _sqlite_begin)
-            _meta.create_all(self.engine)
-        except (sa.exc.ArgumentError, sa.exc.OperationalError, ModuleNotFoundError) as e:
-            raise TuneloopError(f"cannot open the registry {self.url!r}: {e}") from None
+        """Open (and create, if new) the registry at `url`: a SQLAlchemy URL or a SQLite path (default: `default_url()`).
+
+        Raises:
+            TuneloopError: an unsupported URL, a missing driver, a database that cannot be opened.
+        """
+        self.engine = db.engine(url or default_url(), "the registry")
+        self.url = db.mask(self.engine.url)
+        self._writer = db.writer(self.engine)  # SQLite: write transactions lock at BEGIN
+        db.ensure_schema(self.engine, "registry", MIGRATIONS, "the registry")
 
     def register(self, run_dir: Path, name: str | None = None) -> ModelRecord:
         """Record a trained run as a candidate, or refresh its metrics/fairness if it is known.
@@ -156,7 +166,8 @@ class Registry:
             "metrics": _read_json(run_dir / "eval" / "metrics.json"),
             "fairness": _read_json(run_dir / "fairness" / "result.json"),
         }
-        with self.engine.begin() as c:
+        with self._writing(f"{name} was registered by another process a moment ago; run the command again"), \
+                self._writer.begin() as c:
             old = c.execute(sa.select(_models.c.path).where(_models.c.name == name)).first()
             if old is not None and Path(old.path) != run_dir:
                 raise TuneloopError(f"a model named {name!r} is already registered from {old.path}; pass another name")
@@ -197,8 +208,15 @@ class Registry:
         return None if row is None else _record(row)
 
     def promote(self, name: str, reason: str = "", evidence: dict[str, Any] | None = None) -> ModelRecord:
-        """Make `name` the served model and retire the one served before, in one transaction."""
-        with self.engine.begin() as c:
+        """Make `name` the served model and retire the one served before, in one transaction.
+
+        Raises:
+            TuneloopError: unknown name, or another process promoted a model at the same moment
+                (PostgreSQL; the message names it, and `name` was not promoted).
+        """
+        with self._writing(lambda: f"{self._promoted_name()} was promoted by another process a moment ago; "
+                                   f"{name} was not promoted (run the command again to promote it anyway)"), \
+                self._writer.begin() as c:
             if c.execute(sa.select(_models.c.name).where(_models.c.name == name)).first() is None:
                 raise self._unknown(c, name)
             prev = c.execute(sa.select(_models.c.name).where(_models.c.status == "promoted")).scalar()
@@ -211,7 +229,9 @@ class Registry:
 
     def rollback(self, reason: str = "") -> ModelRecord:
         """Re-promote the model that was served before the current one; the current one is retired."""
-        with self.engine.begin() as c:
+        with self._writing(lambda: f"{self._promoted_name()} was promoted by another process a moment ago; "
+                                   "nothing was rolled back (look at `tuneloop models list`, then run it again)"), \
+                self._writer.begin() as c:
             current = c.execute(sa.select(_models.c.name).where(_models.c.status == "promoted")).scalar()
             if current is None:
                 raise TuneloopError("nothing is promoted, so there is nothing to roll back")
@@ -237,25 +257,25 @@ class Registry:
 
     def record_event(self, action: str, name: str, reason: str, evidence: dict[str, Any] | None = None) -> None:
         """Record a decision that changed no status (e.g. a loop that kept the served model), with its evidence."""
-        with self.engine.begin() as c:
+        with self._writer.begin() as c:
             self._event(c, action, name, None, reason, evidence or {})
+
+    def _promoted_name(self) -> str:
+        rec = self.promoted()
+        return rec.name if rec else "another model"
+
+    @contextmanager
+    def _writing(self, lost: str | Callable[[], str]) -> Iterator[None]:
+        """Turn a write that lost a race to another process (a unique-constraint violation) into one line."""
+        try:
+            yield
+        except sa.exc.IntegrityError:
+            raise TuneloopError(lost() if callable(lost) else lost) from None
+        except sa.exc.SQLAlchemyError as e:
+            raise db.db_error(e, self.engine.url, "cannot write to the registry") from None
 
     @staticmethod
     def _event(c: sa.Connection, action: str, name: str, previous: str | None, reason: str, evidence: dict[str, Any]) -> None:
         c.execute(_events.insert().values(at=_now(), action=action, name=name, previous=previous, reason=reason,
                                           evidence=json.loads(json.dumps(evidence, default=str))))
 
-
-def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
-    # Let SQLAlchemy, not the driver, start transactions (see `_sqlite_begin`).
-    dbapi_conn.isolation_level = None
-    cur = dbapi_conn.cursor()
-    cur.execute("PRAGMA journal_mode=WAL")
-    cur.execute("PRAGMA busy_timeout=30000")
-    cur.close()
-
-
-def _sqlite_begin(conn: sa.Connection) -> None:
-    # Take the write lock when a transaction starts, not at its first write: a promotion reads
-    # which model is promoted and then changes it, and another process must not slip in between.
-    conn.exec_driver_sql("BEGIN IMMEDIATE")

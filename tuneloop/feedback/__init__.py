@@ -1,7 +1,7 @@
-"""Feedback: the store the server writes (responses + ratings) and curation into training data.
+"""Feedback: curation of what the server stored (responses + ratings) into training data.
 
-`FeedbackStore` records every response the server returns and the feedback users give on it;
-`export(db, out, task=..., cfg=...)` turns that feedback into `feedback.jsonl` (SFT /
+`FeedbackStore` (`tuneloop.store`, re-exported here) records every response the server returns
+and the feedback users give on it; `export(db, out, task=..., cfg=...)` turns that feedback into `feedback.jsonl` (SFT /
 classification rows `tuneloop prepare` reads) and `preferences.jsonl` (DPO pairs).
 """
 
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from tuneloop.feedback.store import MAX_TEXT_CHARS, FeedbackError, FeedbackStore, parse_rating
+from tuneloop.store.feedback import MAX_TEXT_CHARS, FeedbackError, FeedbackStore, parse_rating
 
 if TYPE_CHECKING:
     from tuneloop.feedback.curate import ExportResult, export
@@ -19,7 +19,7 @@ __all__ = ["MAX_TEXT_CHARS", "ExportResult", "FeedbackError", "FeedbackStore", "
 
 def __getattr__(name: str) -> Any:
     # Curation pulls in the data pipeline (~1 s of imports); every server worker process imports
-    # the store, which needs only the standard library, so curation loads on first use.
+    # the store, which needs only SQLAlchemy, so curation loads on first use.
     if name in ("ExportResult", "export"):
         from tuneloop.feedback import curate
 

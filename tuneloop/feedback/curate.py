@@ -41,8 +41,9 @@ from tuneloop.data.load import read_rows
 from tuneloop.data.pii import find_pii, redact
 from tuneloop.data.validate import Invalid, detect_format, to_example
 from tuneloop.errors import TuneloopError
-from tuneloop.feedback.items import Unreadable, chat_answer, classify_labels, classify_texts
-from tuneloop.feedback.store import FeedbackStore
+from tuneloop.store import FeedbackStore
+from tuneloop.store import exists as store_exists
+from tuneloop.store.items import Unreadable, chat_answer, classify_labels, classify_texts
 
 Messages = list[dict[str, str]]
 
@@ -109,7 +110,7 @@ def export(db: Path | str, out: Path | str, *, task: str, cfg: FeedbackConfig, e
     """Turn the feedback in `db` into training data in `out` (see the module docstring for the rules).
 
     Args:
-        db: The feedback store the server writes.
+        db: The feedback store the server writes (a SQLite file or a database URL).
         out: Folder for feedback.jsonl, preferences.jsonl and report.json (created if missing).
         task: `classify` (uses classify responses) or `generate` (uses chat responses).
         cfg: Thresholds for good and bad ratings, and whether good ratings make examples.
@@ -129,11 +130,10 @@ def export(db: Path | str, out: Path | str, *, task: str, cfg: FeedbackConfig, e
     if cfg.negative_score >= cfg.positive_score:
         raise TuneloopError(f"feedback.negative_score ({cfg.negative_score}) must be below feedback.positive_score "
                             f"({cfg.positive_score}), or a rating would count as both good and bad")
-    db = Path(db)
-    if not db.is_file():
+    if not store_exists(db):
         raise TuneloopError(f"no feedback store at {db}: serve a model first (it records feedback there), "
                             "or pass --db / set feedback.db")
-    store = FeedbackStore(db)
+    store = FeedbackStore(db, redact_pii=False)  # reading only
     try:
         n_responses, records = store.snapshot()
     finally:

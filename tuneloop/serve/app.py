@@ -320,7 +320,8 @@ def create_app(settings: ServeSettings) -> FastAPI:
     holder = ModelHolder(current, registry)
     batcher = Batcher(_run_batch, max_batch=settings.max_batch if settings.batching else 1,
                       wait_s=settings.batch_wait_ms / 1000, max_cost=settings.max_batch_tokens)
-    state = _State(settings, holder, FeedbackStore(settings.feedback_db), batcher, time.time())
+    store = FeedbackStore(settings.feedback_db, retention_days=settings.feedback_retention_days)
+    state = _State(settings, holder, store, batcher, time.time())
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

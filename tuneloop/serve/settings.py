@@ -23,7 +23,8 @@ class ServeSettings(BaseModel):
 
     model: str = Field("promoted", description="`promoted` (the registry's promoted model, hot-swapped when it changes) or a run folder.")
     registry: str | None = Field(None, description="Registry URL (default: $TUNELOOP_REGISTRY or sqlite:///runs/registry.db).")
-    feedback_db: Path = Field(FeedbackConfig().db, description="SQLite file where responses and feedback are stored.")
+    feedback_db: str | Path = Field(FeedbackConfig().db, description="Where responses and feedback are stored: a SQLite file or a postgresql:// URL.")
+    feedback_retention_days: float | None = Field(FeedbackConfig().retention_days, gt=0, description="Delete stored responses nobody rated after this many days.")
     host: str = Field("127.0.0.1", description="Interface to listen on.")
     port: int = Field(8000, ge=0, le=65535, description="TCP port (0: any free port).")
     api_keys: list[str] = Field(default_factory=list, description=f"Accepted bearer keys; ${API_KEYS_ENV} (comma-separated) adds more.")
