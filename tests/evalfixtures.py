@@ -9,7 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from tuneloop.config import RunConfig, save_config
-from tuneloop.evaluate.curves import curve_summary, read_curves
+from tuneloop.evaluate.curves import curve_summary
+from tuneloop.runs import read_curves
 from tuneloop.evaluate.score import SystemOutput, score
 from tuneloop.evaluate.stage import environment, write_outputs
 

@@ -15,11 +15,11 @@ from tuneloop.cli import app
 from tuneloop.config import RunConfig, save_config
 from tuneloop.errors import TuneloopError
 from tuneloop.evaluate.baseline import fit_baseline
-from tuneloop.evaluate.curves import curve_summary, overfitting, read_curves
+from tuneloop.evaluate.curves import curve_summary, overfitting
 from tuneloop.evaluate.labels import LabelParser, words
 from tuneloop.evaluate.score import SystemOutput, score
 from tuneloop.evaluate.stage import summary_table, write_outputs
-from tuneloop.runs import eval_rows, load_run_config, load_test_set, read_jsonl
+from tuneloop.runs import eval_rows, load_run_config, load_test_set, read_curves, read_jsonl
 
 TREC = ["ABBR", "DESC", "ENTY", "HUM", "LOC", "NUM"]
 

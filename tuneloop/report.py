@@ -1,7 +1,8 @@
 """Self-contained HTML reports: one file, plots embedded as PNG data URIs, no external assets.
 
 The building blocks here are shared by the data report (`tuneloop prepare`) and the run report
-(`tuneloop eval`): a page, sections, tables and matplotlib figures.
+(`tuneloop eval`): a page, sections, tables and matplotlib figures. The run report is built only
+from files the stages wrote (this module imports no stage; the stages import it).
 """
 
 from __future__ import annotations
@@ -21,6 +22,12 @@ import yaml
 matplotlib.use("Agg")  # headless: reports are written on servers and in CI
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
+
+from tuneloop.errors import TuneloopError  # noqa: E402
+from tuneloop.runs import read_curves  # noqa: E402
+
+#: The HTML section `tuneloop fairness` writes into the run folder for the run report.
+FAIRNESS_SECTION = Path("fairness") / "section.html"
 
 _CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem auto;max-width:1100px;color:#222;padding:0 1rem}
@@ -232,8 +239,6 @@ def _curves_figure(train: list[tuple[int, float]], val: list[tuple[int, float]])
 
 
 def _training_section(run_dir: Path, m: dict[str, Any]) -> str:
-    from tuneloop.evaluate.curves import read_curves
-
     curves, summary = read_curves(run_dir / "metrics.jsonl"), m.get("curves", {})
     if not curves.train and not curves.val:
         return section("Training", '<p class="muted">No training curves (RUN/metrics.jsonl is missing or empty).</p>', "training")
@@ -378,11 +383,9 @@ def _environment_section(m: dict[str, Any]) -> str:
 
 
 def _fairness_section(run_dir: Path) -> list[str]:
-    # Present once `tuneloop fairness RUN` has audited the run; imported late to keep this module light.
-    from tuneloop.fairness.report import report_section
-
-    html_section = report_section(run_dir)
-    return [html_section] if html_section else []
+    # Present once `tuneloop fairness RUN` has audited the run: the section it wrote.
+    path = run_dir / FAIRNESS_SECTION
+    return [path.read_text(encoding="utf-8")] if path.is_file() else []
 
 
 def _decision_section(run_dir: Path) -> list[str]:
@@ -433,8 +436,6 @@ def write_run_report(run_dir: Path) -> Path:
     Raises:
         TuneloopError: the run has not been evaluated yet (no eval/metrics.json).
     """
-    from tuneloop.errors import TuneloopError
-
     path = run_dir / "eval" / "metrics.json"
     if not path.is_file():
         raise TuneloopError(f"{path} is missing: run `tuneloop eval {run_dir}` first")

@@ -1,50 +1,10 @@
-"""Training curves from `RUN/metrics.jsonl` and the overfitting check."""
+"""The overfitting check on a run's training curves (`tuneloop.runs.read_curves` reads them)."""
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-from tuneloop.errors import TuneloopError
-
-
-@dataclass
-class Curves:
-    """Loss curves of a run: `(step, loss)` pairs for training and validation, in step order."""
-
-    train: list[tuple[int, float]] = field(default_factory=list)
-    val: list[tuple[int, float]] = field(default_factory=list)
-
-
-def read_curves(path: Path) -> Curves:
-    """Read the train and val loss records of a run's `metrics.jsonl` (other kinds are skipped).
-
-    A missing file gives empty curves (a run may not have validated yet).
-
-    Raises:
-        TuneloopError: a line is not JSON or a train/val record lacks a numeric step or loss.
-    """
-    curves = Curves()
-    if not path.is_file():
-        return curves
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            rec: dict[str, Any] = json.loads(line)
-            kind = rec.get("kind")
-            if kind in ("train", "val"):
-                getattr(curves, kind).append((int(rec["step"]), float(rec["loss"])))
-        except (json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as e:
-            raise TuneloopError(
-                f"{path}, line {lineno}: not a metrics record ({type(e).__name__}: {e}); expected JSON like "
-                '{"kind": "val", "step": 10, "epoch": 0.5, "loss": 1.2}'
-            ) from None
-    curves.train.sort()
-    curves.val.sort()
-    return curves
+from tuneloop.runs import Curves
 
 
 def overfitting(val_losses: list[float], window: int) -> bool:

@@ -17,11 +17,11 @@ from rich.console import Group
 from rich.table import Table
 
 from tuneloop.config import RunConfig
-from tuneloop.evaluate.curves import curve_summary, read_curves
+from tuneloop.evaluate.curves import curve_summary
 from tuneloop.evaluate.labels import LabelParser
 from tuneloop.evaluate.metrics import f1_score
 from tuneloop.evaluate.score import Scored, SystemOutput, score
-from tuneloop.runs import eval_rows, load_run_config, load_test_set, load_trained, read_jsonl
+from tuneloop.runs import eval_rows, load_run_config, load_test_set, load_trained, read_curves, read_jsonl
 
 #: Packages whose versions the report records.
 VERSIONED = ("torch", "transformers", "peft", "accelerate", "scikit-learn", "numpy", "tuneloop")

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tuneloop.config import RunConfig
-from tuneloop.report import esc, figure, page, section, table, write
+from tuneloop.report import FAIRNESS_SECTION, esc, figure, page, section, table, write
 
 if TYPE_CHECKING:
     from tuneloop.fairness.stage import FairnessResult
@@ -18,7 +18,10 @@ _DISPARITIES = ("equalized_odds_difference", "demographic_parity_difference", "d
 
 
 def write_outputs(result: FairnessResult, cfg: RunConfig, test_file: Path) -> Path:
-    """Write `RUN/fairness/{result.json, flips.jsonl, report.html}`; return the folder."""
+    """Write `RUN/fairness/{result.json, flips.jsonl, report.html, section.html}`; return the folder.
+
+    `section.html` is the fairness section of the run report (`tuneloop.report` includes it).
+    """
     out = result.folder
     doc = {
         "status": result.status,
@@ -38,6 +41,7 @@ def write_outputs(result: FairnessResult, cfg: RunConfig, test_file: Path) -> Pa
              for ax, rep in a["counterfactual"].items() for ex in rep["flipped"]]
     write(out / "flips.jsonl", "".join(json.dumps(x, ensure_ascii=False, default=str) + "\n" for x in flips))
     body = report_section(out.parent, out.name)
+    write(out / FAIRNESS_SECTION.name, body or "")
     write(out / "report.html", page("tuneloop fairness audit", [body or ""], subtitle=str(result.run_dir)))
     return out
 
