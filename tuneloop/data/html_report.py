@@ -36,6 +36,7 @@ def write_report(path: Path, manifest: dict[str, Any], lengths: dict[str, np.nda
         report.section("Rejected rows", _rejected(c)),
         report.section("Personal data", _pii(c, manifest["config"]["pii"])),
         report.section("Near duplicates (a sample)", _near(near or [], manifest["near_dup"])),
+        report.section("Leakage", _leakage(c, manifest["near_dup"]["threshold"], manifest["task"])),
         report.section("Splits", _splits(manifest)),
         report.section("Lengths", _lengths(manifest["length_stats"], lengths)),
         report.section("Settings", f"<pre>{report.esc(json.dumps(manifest['config'], indent=2, sort_keys=True))}</pre>"),
@@ -47,9 +48,23 @@ def write_report(path: Path, manifest: dict[str, Any], lengths: dict[str, np.nda
 def _stages(c: dict[str, Any]) -> str:
     rows = [["read", c["read"]], ["rejected (see rejects.jsonl)", c["rejected"]], ["rows with personal data", c["pii_rows"]],
             ["exact duplicates", c["exact_duplicates"]], ["label conflicts", c["label_conflicts"]],
-            ["near duplicates", c["near_duplicates"]], ["leaked into train (removed)", c["leaked"]]]
+            ["near duplicates", c["near_duplicates"]], ["leaked into validation/test (removed)", c["leaked"]]]
     rows += [[f"{name} rows", n] for name, n in c["splits"].items()]
     return report.table(["stage", "rows"], rows)
+
+
+def _leakage(c: dict[str, Any], threshold: float, task: str) -> str:
+    prompt = "the user turns of a chat" if task == "generate" else "the text"
+    how = (f'<p class="muted">A row is compared with every held-out row by its whole content and by its prompt '
+           f'({prompt}), exactly and as a near duplicate (estimated Jaccard ≥ {threshold}). A validation row that '
+           'matches a test row leaves validation; a training row that matches a validation or test row leaves '
+           'training — whatever the answer.</p>')
+    if not c["leaked"]:
+        return how + '<p class="ok">No training or validation row repeats a held-out one.</p>'
+    rows = [["same content", c["leaked_exact"]], ["same prompt, another answer", c.get("leaked_prompt", 0)],
+            ["near duplicate (content or prompt)", c["leaked_near"]],
+            ["removed from train", c.get("leaked_from_train", c["leaked"])], ["removed from validation", c.get("leaked_from_val", 0)]]
+    return how + report.table(["leak", "rows"], rows)
 
 
 def _rejected(c: dict[str, Any]) -> str:

@@ -136,7 +136,7 @@ def summary_table(manifest: dict[str, Any], seconds: dict[str, float]) -> Table:
         ("pii", c["pii_rows"], f"rows with PII ({action}): {pii}" if pii else "none found" if action != "off" else "off"),
         ("exact duplicates", c["exact_duplicates"], ""),
         ("near duplicates", c["near_duplicates"], f"Jaccard ≥ {manifest['near_dup']['threshold']}"),
-        ("leaked", c["leaked"], f"{c['leaked_exact']:,} exact, {c['leaked_near']:,} near; removed from train"),
+        ("leaked", c["leaked"], _leak_detail(c)),
         *[(name, n, _labels(c, name)) for name, n in c["splits"].items()],
     ]:
         table.add_row(stage, f"{n:,}", detail)
@@ -149,3 +149,9 @@ def _labels(counts: dict[str, Any], split: str) -> str:
     dist = counts.get("label_distribution", {}).get(split, {})
     shown = ", ".join(f"{k}: {v:,}" for k, v in sorted(dist.items(), key=lambda kv: -kv[1])[:6])
     return shown + (", …" if len(dist) > 6 else "")
+
+
+def _leak_detail(c: dict[str, Any]) -> str:
+    # Manifests written before leakage by prompt lack the newer counts.
+    kinds = f"{c['leaked_exact']:,} exact, {c.get('leaked_prompt', 0):,} same prompt, {c['leaked_near']:,} near"
+    return f"{kinds}; {c.get('leaked_from_train', c['leaked']):,} from train, {c.get('leaked_from_val', 0):,} from validation"

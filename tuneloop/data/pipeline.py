@@ -19,6 +19,7 @@ from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, T
 from tuneloop.config import RunConfig
 from tuneloop.data.html_report import write_report
 from tuneloop.data.ingest import Ingest
+from tuneloop.data.leakage import prompt_index
 from tuneloop.data.load import expand_inputs
 from tuneloop.data.lsh import lsh_shape
 from tuneloop.data.manifest import build_manifest, summary_table, write_manifest, write_splits
@@ -104,7 +105,10 @@ def _prepare(cfg: RunConfig, inputs: list[str], test_files: list[str], out: Path
             why = nothing_valid(ingest.counts["read"], ingest.rejected, out / "rejects.jsonl", ingest.first_reject)
             raise TuneloopError(why)
         progress.add_task("deduplicating, splitting, checking leakage", total=None)
-        sel = select(rows, cfg, ingest.laps)
+        p = cfg.prepare
+        prompts = prompt_index(spill, rows, cfg.task, p.near_dup_num_perm, p.near_dup_ngram)
+        ingest.laps.lap("prompts")
+        sel = select(rows, cfg, ingest.laps, prompts)
         if not (sel.split == 0).any():
             raise TuneloopError(_nothing_to_train(sel.counts, len(rows.keys)))
         task = progress.add_task("writing splits", total=len(rows.keys))

@@ -1,8 +1,9 @@
-"""Decide which kept rows go where: deduplicate, split, then remove training rows that leak.
+"""Decide which kept rows go where: deduplicate, split, then remove rows that leak held-out ones.
 
-Everything here works on the compact per-row arrays (`Rows`), never on the rows' text, so it runs
-in memory at a million rows. Rows of a user-given test file are deduplicated among themselves;
-their overlap with the training data is leakage, counted and removed from training.
+Everything here works on the compact per-row arrays (`Rows`, `Prompts`), never on the rows' text, so
+it runs in memory at a million rows. Rows of a user-given test file are deduplicated among
+themselves; their overlap with the other data is leakage (by content and by prompt, see
+`leakage`), counted and removed from training and validation.
 """
 
 from __future__ import annotations
@@ -14,10 +15,10 @@ import numpy as np
 from tuneloop.config import RunConfig
 from tuneloop.data.dedup import exact_duplicates
 from tuneloop.data.ingest import Laps, Rows
-from tuneloop.data.lsh import band_keys, leaked, lsh_shape, near_duplicates, similarity
-from tuneloop.data.split import TEST, TRAIN, assign
+from tuneloop.data.leakage import Prompts, remove_leaks
+from tuneloop.data.lsh import band_keys, lsh_shape, near_duplicates, similarity
+from tuneloop.data.split import DROPPED, TEST, assign
 
-DROPPED = -1
 EXAMPLES = 12  # near-duplicate pairs shown in the report, so a person can judge the threshold
 
 
@@ -29,7 +30,7 @@ class Selection:
         split: Per row: -1 dropped, 0 train, 1 val, 2 test (int8).
         conflict: Per row: dropped as a label conflict (these are written to rejects.jsonl).
         conflict_labels: Content key → the label ids it appeared with.
-        counts: exact_duplicates, label_conflicts, near_duplicates, leaked, leaked_exact, leaked_near.
+        counts: exact_duplicates, label_conflicts, near_duplicates, and the leakage counts of `remove_leaks`.
         near_examples: A few (dropped row, kept row, estimated Jaccard) for the report.
     """
 
@@ -40,13 +41,14 @@ class Selection:
     near_examples: list[tuple[int, int, float]] = field(default_factory=list)
 
 
-def select(rows: Rows, cfg: RunConfig, laps: Laps) -> Selection:
+def select(rows: Rows, cfg: RunConfig, laps: Laps, prompts: Prompts | None = None) -> Selection:
     """Deduplicate, split and check leakage.
 
     Args:
         rows: The kept rows' keys, labels, groups and signatures.
         cfg: The run config (`seed`, `task`, `prepare`).
         laps: Stage timer; charged `exact_dedup`, `near_dup`, `split`, `leakage`.
+        prompts: The rows' prompt keys and signatures (`leakage.prompt_index`); None: the rows' own.
     """
     p = cfg.prepare
     n = len(rows.keys)
@@ -54,7 +56,8 @@ def select(rows: Rows, cfg: RunConfig, laps: Laps) -> Selection:
     sel = Selection(np.full(n, DROPPED, dtype=np.int8), np.zeros(n, dtype=bool))
     counts = dict.fromkeys(("exact_duplicates", "label_conflicts", "near_duplicates"), 0)
     laps.start()
-    keys = band_keys(rows.sig, *lsh_shape(p.near_dup_threshold, p.near_dup_num_perm))
+    shape = lsh_shape(p.near_dup_threshold, p.near_dup_num_perm)
+    keys = band_keys(rows.sig, *shape)
     laps.lap("lsh_bands")
     for group in (0, 1):
         idx = np.flatnonzero(rows.groups == group)
@@ -73,7 +76,8 @@ def select(rows: Rows, cfg: RunConfig, laps: Laps) -> Selection:
         laps.lap("near_dup")
     _split(rows, cfg, alive, sel.split)
     laps.lap("split")
-    counts.update(_remove_leaks(rows, keys, sel.split, p.near_dup_threshold))
+    prompts = prompts if prompts is not None else Prompts(rows.keys, rows.sig, own=True)
+    counts.update(remove_leaks(rows, prompts, keys, sel.split, p.near_dup_threshold, shape))
     laps.lap("leakage")
     sel.counts = counts
     return sel
@@ -93,14 +97,3 @@ def _split(rows: Rows, cfg: RunConfig, alive: np.ndarray, split: np.ndarray) -> 
     test_fraction = 0.0 if p.test_file else p.test_fraction
     split[pool] = assign(labels, len(pool), p.val_fraction, test_fraction, cfg.seed)
     split[given_test] = TEST
-
-
-def _remove_leaks(rows: Rows, keys: np.ndarray, split: np.ndarray, threshold: float) -> dict[str, int]:
-    """Drop training rows that are exact or near copies of a validation or test row (always checked)."""
-    train = np.flatnonzero(split == TRAIN)
-    held = np.flatnonzero(split > TRAIN)
-    exact = train[np.isin(rows.keys[train], rows.keys[held])]
-    split[exact] = DROPPED
-    near = leaked(rows.sig, keys, np.flatnonzero(split == TRAIN), held, threshold)
-    split[near] = DROPPED
-    return {"leaked": len(exact) + len(near), "leaked_exact": len(exact), "leaked_near": len(near)}

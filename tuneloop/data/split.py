@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-TRAIN, VAL, TEST = 0, 1, 2
+DROPPED, TRAIN, VAL, TEST = -1, 0, 1, 2  # split codes; -1: the row is not in any split
 SPLITS = ("train", "val", "test")
 
 
