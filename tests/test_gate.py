@@ -142,3 +142,15 @@ def test_failed_fairness_keeps_a_better_candidate() -> None:
 def test_decision_round_trips_through_json() -> None:
     d = decide("classify", "auto", None, 0.05, _classify([True] * 30), _classify([i % 2 == 0 for i in range(30)]), PASSED)
     assert GateDecision.model_validate_json(d.model_dump_json()) == d
+
+
+def test_loop_summary_shows_the_evidence(tmp_path) -> None:
+    from rich.console import Console
+
+    from tuneloop.loop import LoopResult
+
+    d = decide("classify", "auto", None, 0.05, _classify([True] * 30), _classify([i % 2 == 0 for i in range(30)]), PASSED)
+    console = Console(record=True, width=200)
+    console.print(LoopResult(tmp_path / "round-x", d).summary())
+    text = console.export_text()
+    assert "PROMOTE" in text and "McNemar" in text and "95% CI of gain" in text and "passed (3 checks)" in text
