@@ -138,3 +138,22 @@ def test_rouge_l_matches_the_rouge_score_package() -> None:
     for _ in range(200):
         pred, ref = (" ".join(rng.choices(vocab, k=rng.randint(0, 12))) for _ in range(2))
         assert rouge_l(pred, ref) == pytest.approx(scorer.score(ref, pred)["rougeL"].fmeasure), (pred, ref)
+
+
+def test_generation_report_tells_the_verdict_and_shows_answers_side_by_side(tmp_path: Path) -> None:
+    from tuneloop.report import render_run_report
+
+    rng = random.Random(3)
+    vocab = "stock bond fund tax rate interest account money bank loan".split()
+    refs = [" ".join(rng.choices(vocab, k=8)) for _ in range(30)]
+    rows = [{"id": str(i), "input": f"question {i}?", "reference": r} for i, r in enumerate(refs)]
+    systems = {"tuned": SystemOutput(texts=[" ".join(r.split()[:6]) for r in refs]),
+               "base": SystemOutput(texts=["I cannot say"] * 30),
+               "base_kshot": SystemOutput(texts=[" ".join(rng.choices(vocab, k=4)) for _ in refs], note="2 in-context examples")}
+    scored = score(rows, systems, task="generate", labels=None, n_boot=100)
+    html = render_run_report(tmp_path, scored.metrics, scored.examples())
+    assert "Tuned token F1:" in html and "(strongest)" in html and "wilcoxon p = " in html and ": better" in html
+    assert "Paired tests on per-example scores" in html and "ROUGE-L" in html
+    side = html.split("Answers side by side")[1].split("most improved")[0]
+    assert side.count("<tr>") - 1 >= 10 and "I cannot say" in side  # ≥ 10 rows: prompt, reference, base, k-shot, tuned
+    assert "most worsened by token F1, tuned vs base (k-shot)" in html

@@ -106,7 +106,12 @@ def write(path: Path, html_text: str) -> Path:
 # --- The run report (`tuneloop eval`): RUN/report.html ---------------------------------------
 
 #: Display names and colours of the compared systems, in table order.
-SYSTEMS = {"tuned": ("tuned", "#3b6ea5"), "base": ("base (zero-shot)", "#9a9a9a"), "baseline": ("TF-IDF + LogReg", "#e69500")}
+SYSTEMS = {"tuned": ("tuned", "#3b6ea5"), "base": ("base (zero-shot)", "#9a9a9a"), "base_kshot": ("base (k-shot)", "#6a9955"),
+           "baseline": ("TF-IDF + LogReg", "#e69500")}
+#: Display names of the metrics a headline or a paired test can name.
+METRICS = {"macro_f1": "macro-F1", "accuracy": "accuracy", "token_f1": "token F1", "rouge_l": "ROUGE-L",
+           "semantic": "semantic similarity", "exact_match": "exact match", "loss": "loss per answer token"}
+_SIDE_BY_SIDE_CHARS = 600  # an answer shown side by side is cut here; predictions.jsonl has it whole
 RUN_SECTIONS = ("summary", "data", "training", "metrics", "confusion", "per-class", "examples", "config", "environment")
 _MAX_EXAMPLES = 25  # per fixed/broken table; the full lists are in RUN/eval/fixed_broken.json
 
@@ -173,26 +178,78 @@ def _scalar(v: Any) -> Any:
     return v if isinstance(v, (int, float, str)) else json.dumps(v, ensure_ascii=False, default=str)
 
 
+def verdict_word(diff: float, pvalue: float, higher_is_better: bool = True, alpha: float = 0.05) -> str:
+    """"better", "worse" or "no significant difference" for tuned minus another system.
+
+    >>> verdict_word(0.04, 0.003), verdict_word(0.04, 0.2), verdict_word(0.3, 0.01, higher_is_better=False)
+    ('better', 'no significant difference', 'worse')
+    """
+    if pvalue >= alpha or diff == 0:
+        return "no significant difference"
+    return "better" if (diff > 0) == higher_is_better else "worse"
+
+
+def _headline_html(m: dict[str, Any]) -> str:
+    """The one paragraph a reader needs: the task's metric with its interval, vs each baseline with a p-value."""
+    h = m.get("headline")
+    if not h or h.get("value") is None:
+        return ""
+    name = METRICS.get(h["metric"], h["metric"])
+    parts, worst = [], "better"
+    for other, vs in h.get("vs", {}).items():
+        if vs.get("value") is None:
+            continue
+        diff = h["value"] - vs["value"]
+        text = f"{system_name(other)}{' (strongest)' if other == h.get('strongest') else ''} {vs['value']:.3f}, difference {diff:+.3f}"
+        if vs.get("ci"):
+            text += f" [{vs['ci'][0]:+.3f}, {vs['ci'][1]:+.3f}]"
+        if vs.get("pvalue") is not None:
+            word = verdict_word(diff, vs["pvalue"], h["higher_is_better"])
+            text += f", {vs['test']} p = {vs['pvalue']:.3g}: {word}"
+            worst = word if word != "better" and worst == "better" or word == "worse" else worst
+        parts.append(text)
+    lead = f"<b>Tuned {esc(name)}: {_fmt(h['value'], h.get('ci'))}</b>"
+    detail = ("; vs " + "; vs ".join(esc(p) for p in parts)) if parts else " (no baseline was evaluated)"
+    return f'<p class="{"ok" if worst == "better" and parts else "warn"}">{lead}{detail}.</p>'
+
+
 def _summary_section(m: dict[str, Any]) -> str:
     systems, lines = m["systems"], []
     key = "classification" if any("classification" in s for s in systems.values()) else "generation"
     for name, s in systems.items():
         part = s.get(key, {})
+        ci = part.get("ci", {})
         if key == "classification":
-            lines.append(f"{system_name(name)}: accuracy {_fmt(part.get('accuracy'), part['ci']['accuracy'])}, "
-                         f"macro-F1 {_fmt(part['macro']['f1'], part['ci']['macro_f1'])}"
-                         + (f" — {s['note']}" if s.get("note") else ""))
+            line = (f"{system_name(name)}: accuracy {_fmt(part.get('accuracy'), ci.get('accuracy'))}, "
+                    f"macro-F1 {_fmt(part['macro']['f1'], ci.get('macro_f1'))}")
         else:
-            lines.append(f"{system_name(name)}: token F1 {_fmt(part.get('token_f1'), part.get('ci', {}).get('token_f1'))}, "
-                         f"exact match {_fmt(part.get('exact_match'))}")
-    verdicts = [f"<p class=\"{'ok' if v.startswith('better') else 'warn'}\">tuned vs {esc(system_name(b))}: {esc(v)}</p>"
-                for b, v in ((k.split('_vs_')[1], _verdict(c)) for k, c in m.get("comparisons", {}).items())]
+            line = (f"{system_name(name)}: token F1 {_fmt(part.get('token_f1'), ci.get('token_f1'))}, "
+                    f"ROUGE-L {_fmt(part.get('rouge_l'), ci.get('rouge_l'))}"
+                    + (f", semantic similarity {_fmt(part['semantic'], ci.get('semantic'))}" if "semantic" in part else ""))
+        lines.append(line + (f" — {s['note']}" if s.get("note") else ""))
     overfit = m.get("curves", {}).get("overfitting")
     warn = (f'<p class="warn">Validation loss rose for the last {m["curves"]["overfit_window"]} evaluations: '
             "the run is overfitting (see Training).</p>") if overfit else ""
     items = "".join(f"<li>{esc(line)}</li>" for line in lines)
-    return section("Summary", f"<p>{m['n']:,} test examples; 95% bootstrap intervals.</p><ul>{items}</ul>"
-                   + "".join(verdicts) + warn, "summary")
+    return section("Summary", _headline_html(m) + f"<p>{m['n']:,} test examples; 95% bootstrap intervals.</p><ul>{items}</ul>"
+                   + _judge_html(m.get("judge")) + warn, "summary")
+
+
+def _judge_html(judge: dict[str, Any] | None) -> str:
+    """The pairwise judge's verdict, or why there is none (never a made-up number)."""
+    if not judge:
+        return ""
+    if judge.get("status") != "done":
+        return f'<p class="muted">Pairwise judge: {esc(judge.get("status", "skipped"))} — {esc(judge.get("reason", ""))}</p>'
+    rows = [[system_name(other), _fmt(r["win_rate"], r.get("ci")), r["wins"], r["ties"], r["losses"]]
+            for other, r in judge.get("vs", {}).items()]
+    agree = judge.get("agreement") or {}
+    trust = (f"agreement with people: Cohen's κ {agree['kappa']:.2f} on {agree['n']} rated answers"
+             if agree.get("kappa") is not None else f"agreement with people: not measured ({agree.get('reason', 'no ratings')})")
+    trusted = "trusted" if judge.get("trusted") else "NOT trusted (below eval.judge_min_kappa or unmeasured)"
+    return (f"<h3>Pairwise judge ({esc(judge.get('model', ''))})</h3>"
+            + table(["tuned vs", "win rate [95% CI]", "wins", "ties", "losses"], rows)
+            + f'<p class="muted">Both orders asked per pair (a win needs both); ties count ½. {esc(trust)}; verdict {trusted}.</p>')
 
 
 def _verdict(c: dict[str, Any], alpha: float = 0.05) -> str:
@@ -266,12 +323,13 @@ def _metric_rows(systems: dict[str, Any]) -> list[list[str]]:
         ]
     if any("generation" in s for s in systems.values()):
         g = lambda s: s.get("generation", {})  # noqa: E731
-        rows += [
-            row("exact match", lambda s: _fmt(g(s).get("exact_match"))),
-            row("token F1", lambda s: _fmt(g(s).get("token_f1"), g(s).get("ci", {}).get("token_f1"))),
-            row("ROUGE-L", lambda s: _fmt(g(s).get("rouge_l"))),
-            row("answer length (words)", lambda s: _fmt(g(s).get("avg_words"))),
-        ]
+        scores = [k for k in ("token_f1", "rouge_l", "semantic", "exact_match") if any(k in g(s) for s in systems.values())]
+        rows += [row(METRICS[k], lambda s, k=k: _fmt(g(s).get(k), g(s).get("ci", {}).get(k))) for k in scores]
+        rows.append(row("answer length (words)", lambda s: _fmt(g(s).get("avg_words"))))
+        if any("loss" in g(s) for s in systems.values()):
+            rows.append(row("loss per answer token (mean over examples)", lambda s: _fmt(g(s).get("loss"), g(s).get("ci", {}).get("loss"))))
+            rows.append(row("perplexity", lambda s: _fmt(s.get("perplexity"))))
+            return rows
     rows += [row("test loss per token", lambda s: _fmt(s.get("loss"))), row("perplexity", lambda s: _fmt(s.get("perplexity")))]
     return rows
 
@@ -287,6 +345,13 @@ def _metrics_section(m: dict[str, Any]) -> str:
             [[system_name(k.split("_vs_")[1]), c["only_a"], c["only_b"], c["method"], f"{c['pvalue']:.3g}", _verdict(c).split(" (")[0]]
              for k, c in comps.items()],
         )
+    paired = [[system_name(k.split("_vs_")[1]), METRICS.get(name, name), _fmt(t["mean_b"]), _fmt(t["mean_a"]),
+               f"{t['diff']:+.3f} [{t['ci_low']:+.3f}, {t['ci_high']:+.3f}]", t["method"], f"{t['pvalue']:.3g}",
+               verdict_word(t["diff"], t["pvalue"], name != "loss")]
+              for k, tests in m.get("paired", {}).items() for name, t in tests.items()]
+    if paired:
+        body += "<h3>Paired tests on per-example scores</h3>" + table(
+            ["tuned vs", "metric", "tuned", "other", "difference [95% CI]", "test", "p-value", "verdict"], paired)
     note = f'<p class="muted">Correct means: {esc(m.get("correct_means", ""))}. Intervals: 95% percentile bootstrap.</p>'
     return section("Metrics", body + note, "metrics")
 
@@ -347,31 +412,46 @@ def _per_class_section(m: dict[str, Any]) -> str:
     return section("Per-class F1", figure(fig, "per-class F1 by system") + table(heads, rows), "per-class")
 
 
-def _examples_table(examples: list[dict[str, Any]], systems: list[str]) -> str:
+def _examples_table(examples: list[dict[str, Any]], systems: list[str], metric: str | None = None) -> str:
     def answer(ex: dict[str, Any], n: str) -> str:
         out = ex.get(f"{n}_output")
         if f"{n}_label" not in ex:
-            return _short(out)
+            text = _short(out, _SIDE_BY_SIDE_CHARS)
+            score = (ex.get(f"{n}_scores") or {}).get(metric) if metric else None
+            return text if score is None else f"{text} [{METRICS.get(metric, metric)} {score:.2f}]"
         if ex[f"{n}_label"] is None and not (out or "").strip():
             return "unparseable (empty answer)"
         shown = "unparseable" if ex[f"{n}_label"] is None else str(ex[f"{n}_label"])
         # Show the raw answer too when it is more than the bare label.
         return shown if out is None or out.strip() == shown else f"{shown} ← “{_short(out, 120)}”"
 
-    cols = [n for n in ("base", "tuned") if n in systems]
-    rows = [[ex["id"], _short(ex["input"]), _short(ex["reference"]), *(answer(ex, n) for n in cols)] for ex in examples[:_MAX_EXAMPLES]]
+    cols = [n for n in SYSTEMS if n in systems and n != "tuned"] + ["tuned"]
+    cols = [n for n in cols if any(f"{n}_output" in ex or f"{n}_label" in ex for ex in examples)]
+    rows = [[ex["id"], _short(ex["input"]), _short(ex["reference"], _SIDE_BY_SIDE_CHARS), *(answer(ex, n) for n in cols)]
+            for ex in examples[:_MAX_EXAMPLES]]
     more = f'<p class="muted">{len(examples) - _MAX_EXAMPLES} more in eval/fixed_broken.json.</p>' if len(examples) > _MAX_EXAMPLES else ""
     return table(["id", "input", "reference", *(system_name(n) for n in cols)], rows) + more
 
 
-def _examples_section(m: dict[str, Any], fixed_broken: dict[str, list[dict[str, Any]]]) -> str:
-    if "base" not in m["systems"]:
-        return section("Examples fixed and broken", '<p class="muted">The base model was not evaluated (--no-base-too).</p>', "examples")
-    systems = list(m["systems"])
+def _examples_section(m: dict[str, Any], examples: dict[str, Any]) -> str:
+    against = examples.get("against") or m.get("examples_against") or ("base" if "base" in m["systems"] else None)
+    if against is None:
+        return section("Examples", '<p class="muted">No other system was evaluated (--no-base-too, --no-baseline).</p>', "examples")
+    systems, other = list(m["systems"]), system_name(against)
+    if examples.get("side_by_side") or examples.get("most_improved") or examples.get("most_worsened"):
+        metric = (m.get("headline") or {}).get("metric", "token_f1")
+        name = METRICS.get(metric, metric)
+        body = (f"<h3>Answers side by side ({len(examples.get('side_by_side', []))} test questions, in test order)</h3>"
+                + _examples_table(examples.get("side_by_side", []), systems, metric))
+        for key, what in (("most_improved", "most improved"), ("most_worsened", "most worsened")):
+            items = examples.get(key, [])
+            body += (f"<h3>{len(items):,} {what} by {esc(name)}, tuned vs {esc(other)}</h3>"
+                     + (_examples_table(items, systems, metric) if items else '<p class="muted">none</p>'))
+        return section("Examples", body, "examples")
     body = ""
-    for key, what in (("fixed", "fixed by tuning (base wrong, tuned right)"), ("broken", "broken by tuning (base right, tuned wrong)")):
-        items = fixed_broken.get(key, [])
-        body += f"<h3>{len(items):,} {what}</h3>" + (_examples_table(items, systems) if items else "<p class=\"muted\">none</p>")
+    for key, what in (("fixed", f"fixed by tuning ({other} wrong, tuned right)"), ("broken", f"broken by tuning ({other} right, tuned wrong)")):
+        items = examples.get(key, [])
+        body += f"<h3>{len(items):,} {esc(what)}</h3>" + (_examples_table(items, systems) if items else "<p class=\"muted\">none</p>")
     return section("Examples fixed and broken", body, "examples")
 
 

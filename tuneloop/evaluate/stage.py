@@ -1,4 +1,5 @@
-"""`tuneloop eval RUN`: score the tuned model, the base model and the TF-IDF baseline on held-out
+"""`tuneloop eval RUN`: score the tuned model against the strongest baselines a user could have
+without fine-tuning — the base model zero-shot and k-shot, and (classification) TF-IDF — on held-out
 data; write `RUN/eval/{metrics.json, predictions.jsonl, fixed_broken.json}` and `RUN/report.html`.
 """
 
@@ -47,8 +48,8 @@ class EvalResult:
     report: Path
 
     def summary(self) -> Group:
-        """A table of base vs tuned vs TF-IDF baseline with 95% intervals, and the report path."""
-        return Group(summary_table(self.metrics), f"report: {self.report}")
+        """A table of tuned vs every baseline with 95% intervals, the headline verdict, and the report path."""
+        return Group(summary_table(self.metrics), headline_line(self.metrics), f"report: {self.report}")
 
 
 def _ci(ci: Sequence[float] | None) -> str:
@@ -59,6 +60,22 @@ def _num(value: float | None) -> str:
     return "—" if value is None else f"{value:.3f}"
 
 
+def headline_line(metrics: dict[str, Any]) -> str:
+    """One line: the tuned model's headline metric with its interval, vs the strongest baseline with the p-value."""
+    from tuneloop.report import METRICS, system_name, verdict_word
+
+    h = metrics.get("headline") or {}
+    if h.get("value") is None:
+        return ""
+    line = f"tuned {METRICS.get(h['metric'], h['metric'])}: {h['value']:.3f} [{_ci(h.get('ci'))}]"
+    vs = h.get("vs", {}).get(h.get("strongest") or "")
+    if vs and vs.get("value") is not None and vs.get("pvalue") is not None:
+        diff = h["value"] - vs["value"]
+        line += (f" vs strongest baseline {system_name(h['strongest'])} {vs['value']:.3f}: {diff:+.3f}, "
+                 f"{vs['test']} p = {vs['pvalue']:.3g} → {verdict_word(diff, vs['pvalue'], h['higher_is_better'])}")
+    return line
+
+
 def summary_table(metrics: dict[str, Any]) -> Table:
     """Rich table: one row per system with its headline metrics and 95% bootstrap intervals."""
     from tuneloop.report import system_name
@@ -67,7 +84,8 @@ def summary_table(metrics: dict[str, Any]) -> Table:
     caption = "intervals: 95% bootstrap; " + ", ".join(f"{n} = {system_name(n)}" for n in metrics["systems"] if n != "tuned")
     table = Table(title=f"tuneloop eval — {metrics['n']:,} test examples", caption=caption)
     classify = metrics.get("labels") is not None
-    cols = ["accuracy", "95% CI", "macro-F1", "95% CI", "unparsed"] if classify else ["token F1", "95% CI", "exact match", "ROUGE-L"]
+    cols = (["accuracy", "95% CI", "macro-F1", "95% CI", "unparsed"] if classify
+            else ["token F1", "95% CI", "ROUGE-L", "95% CI", "semantic"])
     table.add_column("system")
     for col in [*cols, "loss"]:
         table.add_column(col, justify="right")
@@ -77,8 +95,9 @@ def summary_table(metrics: dict[str, Any]) -> Table:
             cells = [_num(cls.get("accuracy")), _ci(cls.get("ci", {}).get("accuracy")), _num(cls.get("macro", {}).get("f1")),
                      _ci(cls.get("ci", {}).get("macro_f1")), f"{cls['unparseable_rate']:.1%}" if cls else "—"]
         else:
-            cells = [_num(gen.get("token_f1")), _ci(gen.get("ci", {}).get("token_f1")), _num(gen.get("exact_match")),
-                     _num(gen.get("rouge_l"))]
+            ci = gen.get("ci", {})
+            cells = [_num(gen.get("token_f1")), _ci(ci.get("token_f1")), _num(gen.get("rouge_l")), _ci(ci.get("rouge_l")),
+                     _num(gen.get("semantic"))]
         table.add_row(name + ("*" if m.get("note") else ""), *cells, _num(m.get("loss")))
     notes = [f"*{n}: {m['note']}" for n, m in metrics["systems"].items() if m.get("note")]
     if notes:
@@ -163,6 +182,7 @@ def _base_outputs(run_dir: Path, rows: list[dict[str, Any]], cfg: RunConfig, lab
     if cfg.task == "classify":
         out = {"base": score_labels(base, rows)}
         out["base"].loss = validation_loss(base, [r["row"] for r in rows])
+        out["base"].note = "each label's likelihood as the answer"
         if shots:
             out["base_kshot"] = score_labels(base, rows, shots)
     else:
