@@ -153,8 +153,6 @@ def _example(i: int, row: dict[str, Any], systems: dict[str, SystemOutput], flag
         rec[f"{name}_correct"] = flags[name][i]
         if name in scores:
             rec[f"{name}_scores"] = {k: v[i] for k, v in scores[name].items()}
-            if "loss" in scores[name]:  # where the gate reads a row's loss (`gate.per_example`)
-                rec[f"{name}_loss"] = scores[name]["loss"][i]
     return rec
 
 
