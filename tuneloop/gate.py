@@ -158,7 +158,7 @@ def compare(metric: str, cand: Sequence[dict[str, Any]], served: Sequence[dict[s
     if metric in RIGHT_OR_WRONG:
         ev.update(pvalue=mcnemar([x > 0.5 for x in b], [x > 0.5 for x in a]).pvalue, test="McNemar")
     if metric == "macro_f1":
-        refs = [str(r["reference"]) for r in cand]
+        refs = [str(r["reference"]).strip() for r in cand]
         pa = [UNPARSEABLE if x is None else x for x in _labels(served) or []]
         pb = [UNPARSEABLE if x is None else x for x in _labels(cand) or []]
         if not pa or not pb:
@@ -236,7 +236,7 @@ def _value(metric: str, rows: Sequence[dict[str, Any]], outcome: list[float]) ->
     if not outcome:
         return None
     if metric == "macro_f1":
-        return _macro_f1([str(r["reference"]) for r in rows], [UNPARSEABLE if x is None else x for x in _labels(rows) or []])
+        return _macro_f1([str(r["reference"]).strip() for r in rows], [UNPARSEABLE if x is None else x for x in _labels(rows) or []])
     return sum(outcome) / len(outcome)
 
 
