@@ -18,6 +18,7 @@ from tuneloop import train, tune
 from tuneloop.config import RunConfig, load_config
 from tuneloop.errors import TuneloopError
 from tuneloop.models import build_tiny
+from postgres import pg_server, pg_url  # noqa: F401  (fixtures: a real PostgreSQL server)
 
 WORDS = "red green blue black white pink gray brown".split()
 
@@ -118,3 +119,36 @@ def test_diverging_trial_is_pruned_early(setup, tmp_path: Path) -> None:
     assert last.state == optuna.trial.TrialState.PRUNED
     assert max(last.intermediate_values) < 12  # stopped before its step budget
     assert result.states["PRUNED"] == 1
+
+
+NO_DRIVER = """
+import sys
+sys.modules["psycopg"] = None  # as if psycopg 3 were not installed
+from tuneloop.cli import main
+sys.argv = ["tuneloop", *sys.argv[1:]]
+main()
+"""
+
+
+def test_a_postgresql_storage_without_its_driver_says_what_to_install(setup, tmp_path: Path) -> None:
+    _, data = setup
+    args = ["tune", "--data", str(data), "--out", str(tmp_path / "study"), "--trials", "1",
+            "--storage", "postgresql://ann:hunter2@db.example:5432/studies"]
+    proc = subprocess.run([sys.executable, "-c", NO_DRIVER, *args], capture_output=True, text=True,
+                          env={**os.environ, "COLUMNS": "300"}, timeout=120)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines() == [
+        "error: the tune storage (--storage) postgresql+psycopg://ann:***@db.example:5432/studies needs a database "
+        "driver that is not installed (psycopg): pip install 'tuneloop[postgres]' (psycopg 3; or: pip install 'psycopg[binary]')"]
+    with pytest.raises(TuneloopError, match="neither a file path nor a database URL"):
+        tune.run(_cfg(setup, tmp_path / "s", trials=1, storage="postgresql:/ann@db/studies"))
+    assert not (tmp_path / "s" / "postgresql:").exists()
+
+
+def test_a_study_on_postgresql_is_shared_and_resumed(setup, pg_url: str, tmp_path: Path) -> None:
+    cfg = _cfg(setup, tmp_path / "study", space={"lr": [1e-3, 1e-2]}, trials=1, sampler="grid", pruner="none", storage=pg_url)
+    tune.run(cfg)
+    again = tune.run(cfg.model_copy(update={"tune": cfg.tune.model_copy(update={"trials": 2, "out": tmp_path / "other"})}))
+    trials = optuna.load_study(study_name="tuneloop", storage=pg_url.replace("postgresql://", "postgresql+psycopg://")).trials
+    assert [t.state.name for t in trials] == ["COMPLETE", "COMPLETE"] and again.states["COMPLETE"] == 2
+    assert {t.params["lr"] for t in trials} == {1e-3, 1e-2}  # the second worker did not repeat the first's trial

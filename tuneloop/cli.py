@@ -13,6 +13,7 @@ from typing import Any, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from tuneloop.config import RunConfig, load_config
 from tuneloop.errors import TuneloopError
@@ -402,7 +403,7 @@ def main() -> None:
     except TuneloopError as e:
         if _debug:
             raise
-        err_console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+        err_console.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
         sys.exit(1)
 
 

@@ -166,16 +166,32 @@ def _pruner(cfg: RunConfig) -> optuna.pruners.BasePruner:
 
 
 def _storage(cfg: RunConfig, study_dir: Path) -> optuna.storages.BaseStorage:
-    url = cfg.tune.storage or f"sqlite:///{(study_dir / 'study.db').resolve()}"
+    """The study's Optuna storage: `tune.storage` (a SQLite path or URL, or a PostgreSQL URL) or study.db.
+
+    Raises:
+        TuneloopError: an unsupported URL, a missing driver (the message names the package to
+            install), or a database that cannot be reached — one line, password masked.
+    """
+    import sqlalchemy as sa
+
+    from tuneloop.store import db
+
+    what = "the tune storage (--storage)"
+    url = db.resolve(cfg.tune.storage or (study_dir / "study.db").resolve(), what)
+    db.check_driver(url, what)
+    sqlite = url.get_backend_name() == "sqlite"
     # The heartbeat lets a resumed or second worker recognise a trial whose process was killed
     # and mark it failed (then retried once) instead of waiting on it forever.
-    return optuna.storages.RDBStorage(
-        url,
-        engine_kwargs={"connect_args": {"timeout": 60}} if url.startswith("sqlite") else None,
-        heartbeat_interval=HEARTBEAT_S,
-        grace_period=GRACE_S,
-        heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1),
-    )
+    try:
+        return optuna.storages.RDBStorage(
+            url.render_as_string(hide_password=False),
+            engine_kwargs={"connect_args": {"timeout": 60}} if sqlite else {"pool_pre_ping": True},
+            heartbeat_interval=HEARTBEAT_S,
+            grace_period=GRACE_S,
+            heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1),
+        )
+    except sa.exc.SQLAlchemyError as e:
+        raise db.db_error(e, url, f"cannot open {what}") from None
 
 
 def _objective_name(cfg: RunConfig) -> str:
