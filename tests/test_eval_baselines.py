@@ -157,3 +157,28 @@ def test_generation_report_tells_the_verdict_and_shows_answers_side_by_side(tmp_
     side = html.split("Answers side by side")[1].split("most improved")[0]
     assert side.count("<tr>") - 1 >= 10 and "I cannot say" in side  # ≥ 10 rows: prompt, reference, base, k-shot, tuned
     assert "most worsened by token F1, tuned vs base (k-shot)" in html
+
+
+def test_models_list_shows_the_tasks_own_headline_metric(tmp_path: Path) -> None:
+    import json
+
+    import yaml
+    from typer.testing import CliRunner
+
+    from tuneloop.cli import app
+    from tuneloop.registry import Registry
+
+    rows = [{"id": str(i), "input": "q", "reference": f"pay the tax {i}"} for i in range(12)]
+    m = score(rows, {"tuned": SystemOutput(texts=[f"pay tax {i}" for i in range(12)]),
+                     "base": SystemOutput(texts=["no idea"] * 12)}, task="generate", labels=None, n_boot=50).metrics
+    run = tmp_path / "gen-run"
+    (run / "model").mkdir(parents=True)
+    (run / "eval").mkdir()
+    (run / "config.yaml").write_text(yaml.safe_dump({"task": "generate", "base": "default"}))
+    (run / "eval" / "metrics.json").write_text(json.dumps(m))
+    url = f"sqlite:///{tmp_path}/reg.db"
+    h = Registry(url).register(run).headline()
+    assert h["metric"] == "token_f1" and h["value"] == pytest.approx(m["headline"]["value"]) and h["pvalue"] < 0.01
+    out = CliRunner().invoke(app, ["models", "list", "--registry", url], env={"COLUMNS": "200"})
+    assert out.exit_code == 0, out.output
+    assert "token_f1" in out.output and f"{h['value']:.3f} [{h['ci'][0]:.3f}" in out.output

@@ -226,12 +226,15 @@ def models_list(registry: Optional[str] = RegistryOpt) -> None:
 
     reg = Registry(registry)
     t = Table(title=f"models in {reg.url}", caption="`tuneloop models show NAME`: path, config, metrics, history")
-    for col in ("name", "status", "acc", "macro-F1", "loss", "fair", "created"):
+    for col in ("name", "status", "metric", "tuned [95% CI]", "p vs best", "judge win", "loss", "fair", "created"):
         t.add_column(col, no_wrap=True)
+    num = lambda v: f"{v:.3f}" if isinstance(v, float) else ""  # noqa: E731
     for r in reg.list():
         h = r.headline()
-        t.add_row(r.name, r.status, *(f"{h[k]:.3f}" if isinstance(h[k], float) else "" for k in ("accuracy", "macro_f1", "loss")),
-                  {True: "yes", False: "NO", None: ""}[h["fair"]], r.created_at[5:16].replace("T", " "))
+        ci = f" [{h['ci'][0]:.3f}, {h['ci'][1]:.3f}]" if h["ci"] else ""
+        t.add_row(r.name, r.status, h["metric"] or "", num(h["value"]) + ci, f"{h['pvalue']:.2g}" if h["pvalue"] is not None else "",
+                  num(h["judge_win_rate"]), num(h["loss"]), {True: "yes", False: "NO", None: ""}[h["fair"]],
+                  r.created_at[5:16].replace("T", " "))
     console.print(t)
 
 

@@ -85,10 +85,17 @@ class ModelRecord:
     promoted_at: str | None
 
     def headline(self) -> dict[str, Any]:
-        """The few numbers a listing shows: tuned accuracy/macro-F1 (classify) or loss, fairness verdict."""
+        """The few numbers a listing shows: the task's headline metric (`tuneloop eval`'s, with its
+        interval and the p-value against the strongest baseline), accuracy/macro-F1, loss, the judge's
+        win rate against the strongest baseline (generation, when judged) and the fairness verdict."""
         tuned = (self.metrics.get("systems") or {}).get("tuned") or {}
         cls = tuned.get("classification") or {}
         out = {"accuracy": cls.get("accuracy"), "macro_f1": (cls.get("macro") or {}).get("f1"), "loss": tuned.get("loss")}
+        head = self.metrics.get("headline") or {}
+        strongest = (head.get("vs") or {}).get(head.get("strongest") or "") or {}
+        out.update(metric=head.get("metric"), value=head.get("value"), ci=head.get("ci"), pvalue=strongest.get("pvalue"))
+        judge = self.metrics.get("judge") or {}
+        out["judge_win_rate"] = ((judge.get("vs") or {}).get(head.get("strongest") or "") or {}).get("win_rate")
         out["fair"] = self.fairness.get("passed") if self.fairness else None
         return out
 
