@@ -9,6 +9,7 @@ A UTF-8 byte-order mark at the start of a file is skipped.
 
 from __future__ import annotations
 
+import codecs
 import csv
 import glob
 import hashlib
@@ -28,7 +29,7 @@ from tuneloop.errors import TuneloopError
 READERS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".csv": "csv", ".tsv": "tsv", ".parquet": "parquet"}
 _PARQUET_BATCH = 8192
 MAX_DEPTH = 64  # arrays/objects nested deeper than this are no training record, and later stages recurse
-_BOM = b"\xef\xbb\xbf"  # Windows tools start UTF-8 files with it
+_BOM = codecs.BOM_UTF8  # Windows tools start UTF-8 files with it
 _SURROGATE = re.compile(r"[\ud800-\udfff]")  # JSON escapes can spell them; UTF-8 (and so our files) cannot
 _WS = re.compile(r"[ \t\n\r]*")
 _JSON_TOKEN = re.compile(r'"(?:[^"\\]|\\.)*"|[\[\]{}]')  # strings (skipped whole) and brackets
@@ -111,6 +112,10 @@ def read_rows(path: str) -> Iterator[RawRow]:
             or `.parquet` file.
     """
     kind = reader_for(path)
+    if kind != "parquet" and (wide := _utf16_or_32(path)):
+        reason = f"the file is {wide} (it starts with a {wide} byte-order mark); re-save it as UTF-8"
+        yield RawRow(path, 1, None, None, Invalid("not UTF-8", reason), Path(path).stat().st_size)
+        return
     if kind == "jsonl":
         yield from _read_jsonl(path)
     elif kind == "json":
@@ -119,6 +124,17 @@ def read_rows(path: str) -> Iterator[RawRow]:
         yield from _read_parquet(path)
     else:
         yield from _read_csv(path, delimiter="\t" if kind == "tsv" else ",")
+
+
+def _utf16_or_32(path: str) -> str | None:
+    """"UTF-16" or "UTF-32" when the file starts with that encoding's byte-order mark, else None."""
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if head.startswith((codecs.BOM_UTF32_LE, codecs.BOM_UTF32_BE)):  # before UTF-16: FF FE starts both
+        return "UTF-32"
+    if head.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        return "UTF-16"
+    return None
 
 
 def _utf8_error(err: UnicodeDecodeError, where: str = "") -> Invalid:
