@@ -154,3 +154,14 @@ def test_loop_summary_shows_the_evidence(tmp_path) -> None:
     console.print(LoopResult(tmp_path / "round-x", d).summary())
     text = console.export_text()
     assert "PROMOTE" in text and "McNemar" in text and "95% CI of gain" in text and "passed (3 checks)" in text
+
+
+def test_a_significant_difference_against_the_candidate_is_never_a_promotion() -> None:
+    # Mean token F1 up by one big win, while 30 of 40 answers got slightly worse: Wilcoxon is
+    # significant, but for the served model.
+    rows = [{"id": str(i), "reference": "r", "tuned_output": "x", "tuned_correct": False} for i in range(40)]
+    served = [{**r, "tuned_scores": {"token_f1": 0.5 if i < 30 else 0.0}} for i, r in enumerate(rows)]
+    cand = [{**r, "tuned_scores": {"token_f1": 0.48 if i < 30 else (1.0 if i == 30 else 0.0)}} for i, r in enumerate(rows)]
+    d = decide("generate", "token_f1", 0.0, 0.05, cand, served, PASSED)
+    assert d.test.gain > 0 and d.test.pvalue < 0.05 and d.test.favours == "served"
+    assert d.decision == "keep" and any("favours the served model" in r for r in d.reasons)

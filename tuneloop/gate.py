@@ -17,7 +17,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, Literal
 
+import numpy as np
 from pydantic import BaseModel, Field
+from scipy import stats
 
 from tuneloop.errors import TuneloopError
 from tuneloop.evaluate.metrics import f1_score
@@ -45,6 +47,8 @@ class MetricEvidence(BaseModel):
     ci_high: float
     pvalue: float = Field(description="Two-sided p-value of the paired test.")
     test: str = Field(description="The paired test: 'McNemar', 'Wilcoxon signed-rank' or 'paired bootstrap'.")
+    favours: Literal["candidate", "served", "neither"] = Field(
+        "neither", description="Which model the paired test's statistic favours (more wins, or the larger signed-rank sum).")
 
 
 class FairnessVerdict(BaseModel):
@@ -155,8 +159,12 @@ def compare(metric: str, cand: Sequence[dict[str, Any]], served: Sequence[dict[s
     ev = {"metric": metric, "higher_is_better": not lower, "n": paired.n, "candidate": float(sum(b) / len(b)),
           "served": float(sum(a) / len(a)), "gain": paired.diff, "ci_low": paired.ci_low, "ci_high": paired.ci_high,
           "pvalue": paired.pvalue, "test": "Wilcoxon signed-rank" if method == "wilcoxon" else "paired bootstrap"}
+    gains = np.asarray(second, dtype=float) - np.asarray(first, dtype=float)  # per example, positive = candidate better
+    ev["favours"] = _favours(gains if method == "wilcoxon" else np.array([paired.diff]))
     if metric in RIGHT_OR_WRONG:
-        ev.update(pvalue=mcnemar([x > 0.5 for x in b], [x > 0.5 for x in a]).pvalue, test="McNemar")
+        test = mcnemar([x > 0.5 for x in b], [x > 0.5 for x in a])
+        wins = np.sign(test.only_a - test.only_b)  # mcnemar's A is the candidate here
+        ev.update(pvalue=test.pvalue, test="McNemar", favours=_favours(np.array([wins])))
     if metric == "macro_f1":
         refs = [str(r["reference"]).strip() for r in cand]
         pa = [UNPARSEABLE if x is None else x for x in _labels(served) or []]
@@ -169,6 +177,14 @@ def compare(metric: str, cand: Sequence[dict[str, Any]], served: Sequence[dict[s
                           n_resamples=min(n_boot, 1000), seed=seed)
         ev["ci_low"], ev["ci_high"] = ci if ci is not None else (ev["gain"], ev["gain"])
     return MetricEvidence(**ev)
+
+
+def _favours(gains: np.ndarray) -> Literal["candidate", "served", "neither"]:
+    """Which side the signed ranks of the per-example gains favour (rank sum of wins minus losses)."""
+    nonzero = gains[gains != 0]
+    ranks = stats.rankdata(np.abs(nonzero))
+    balance = ranks[nonzero > 0].sum() - ranks[nonzero < 0].sum()
+    return "candidate" if balance > 0 else "served" if balance < 0 else "neither"
 
 
 def evidence_metrics(task: str, rows: Sequence[dict[str, Any]]) -> list[str]:
@@ -257,6 +273,10 @@ def _compare(d: GateDecision, task: str, cand: Sequence[dict[str, Any]], served:
         ok = False
         d.reasons.append(f"{d.metric} {'fell' if t.gain < 0 else 'did not rise'} by more than the margin "
                          f"({t.candidate:.4f} vs {t.served:.4f}, margin {d.margin})")
+    if d.alpha is not None and t.pvalue < d.alpha and t.favours != "candidate":
+        ok = False
+        d.reasons.append(f"the paired test is significant but favours the {t.favours} model, not the candidate "
+                         f"({t.test} p={t.pvalue:.3g})")
     if d.alpha is not None and t.pvalue >= d.alpha:
         ok = False
         d.reasons.append(f"the difference is not significant ({t.test} p={t.pvalue:.3g} >= alpha {d.alpha}, "
