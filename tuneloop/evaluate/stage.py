@@ -279,6 +279,11 @@ def run(run_dir: Path, config: Path | None = None, overrides: dict[str, Any] | N
         systems["baseline"] = bl
     scored = score(test.rows, systems, task=cfg.task, labels=test.labels, n_boot=cfg.eval.bootstrap, seed=cfg.seed,
                    metric=cfg.eval.metric, paired_method=cfg.eval.paired_test)
+    if cfg.task == "generate":  # classification needs no judge: labels are scored exactly
+        from tuneloop.evaluate.judge import judge_systems
+
+        texts = {n: out.texts for n, out in systems.items() if out.texts is not None}
+        scored.metrics["judge"] = judge_systems(cfg, [r["input"] for r in test.rows], texts, seed=cfg.seed)
     used = [test.file] + ([data_dir / "train.jsonl"] if {"baseline", "base_kshot"} & set(systems) and data_dir else [])
     summary_path = run_dir / "train_summary.json"
     scored.metrics.update({
