@@ -40,21 +40,21 @@ def judge_app(rule: str) -> FastAPI:
 
 @contextmanager
 def serving(app: FastAPI) -> Iterator[str]:
+    """Serve an app with uvicorn on a free loopback port in a thread; yield its `/v1` base URL."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
-    deadline = time.time() + 30
-    while not server.started:
-        assert thread.is_alive() and time.time() < deadline, "judge endpoint did not start"
+    for _ in range(1500):  # until it accepts connections (30 s at most)
+        if server.started:
+            break
         time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{port}/v1"
-    finally:
-        server.should_exit = True
-        thread.join(10)
+    assert server.started, "judge endpoint did not start"
+    yield f"http://127.0.0.1:{port}/v1"
+    server.should_exit = True
+    thread.join(10)
 
 
 PROMPTS = ["How do I save for retirement?", "What is an index fund?", "Should I pay off debt first?", "What is APR?"]
