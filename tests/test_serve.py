@@ -569,7 +569,9 @@ def test_a_large_classify_request_runs_in_micro_batches_beside_other_clients() -
     big, small = asyncio.run(main())
     assert big == [f"BIG{i}" for i in range(64)] and small == ["S1", "S2"]
     assert all(len(c) <= 8 and sum(16 if p.startswith("big") else 4 for p in c) <= 64 for c in calls)  # bounded calls
-    assert any("s1" in c for c in calls[:2]) and len(calls) >= 16  # the small request did not wait for the big one
+    assert "s1" in calls[0] and "s2" in calls[0]  # the small request did not wait for the big one
+    assert sum(p.startswith("big") for p in calls[0]) == 2  # beside it, the big one added only its share (32 of 64)
+    assert max(len(c) for c in calls[1:]) == 4  # alone, the big one gets whole batches (64 of cost 16 each)
 
 
 def test_a_client_over_its_queue_share_gets_429_and_a_full_queue_503_with_retry_after(runs: dict[str, Path],

@@ -191,7 +191,7 @@ async def chat_completions(body: ChatRequest, request: Request) -> dict[str, Any
     if body.stream:
         return StreamingResponse(_stream(st, served, body, row, rid, created, client), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache"})
-    out = await st.batcher.submit(("chat", served), row, cost=len(row.prompt_ids), client=client)
+    out = await st.batcher.submit(("chat", served), row, client=client)
     response = _completion(rid, served, created, out)
     await _record(st, served, "chat", body.model_dump(exclude_none=True), response, rid)
     return response
@@ -206,7 +206,7 @@ async def _stream(st: _State, served: ServedModel, body: ChatRequest, row: ChatR
     """Chunks as the model thread produces text; the record of the full answer is stored before [DONE]."""
     loop, pieces = asyncio.get_running_loop(), asyncio.Queue()
     row.emit = lambda text: loop.call_soon_threadsafe(pieces.put_nowait, text)
-    job = asyncio.ensure_future(st.batcher.submit(("chat", served), row, cost=len(row.prompt_ids), client=client))
+    job = asyncio.ensure_future(st.batcher.submit(("chat", served), row, client=client))
 
     def finished(task: asyncio.Future) -> None:
         # The job's result arrives after every piece it emitted: None marks the end of the text.

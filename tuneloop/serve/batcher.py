@@ -7,8 +7,8 @@ next batch takes them at once, and a lone job waits at most `wait_s` for company
 Each job belongs to a flow (one request: a chat request is one job, a classify request one job per
 text). Batches are filled by deficit round robin over the flows, weighed by each job's cost (its
 tokens): every batch gives each waiting flow an equal share of `max_cost`, so a request of 256 long
-texts runs as many small micro-batches, side by side with the other clients' requests, instead of
-holding the model thread for minutes. A flow alone gets whole batches. Jobs with the same key
+texts runs as many small micro-batches, each holding about its share of long texts beside the other
+clients' requests, instead of holding the model thread for minutes. A flow alone gets whole batches. Jobs with the same key
 (same model, same kind of call) share a call; a batch with several keys runs one call per key.
 """
 
@@ -55,7 +55,7 @@ class Batcher:
         max_cost: Cost (tokens) one batch aims at; every waiting flow gets an equal share of it.
     """
 
-    def __init__(self, run: RunBatch, *, max_batch: int, wait_s: float, max_cost: float = 4096) -> None:
+    def __init__(self, run: RunBatch, *, max_batch: int, wait_s: float, max_cost: float = 1024) -> None:
         self._run, self.max_batch, self.wait_s, self.max_cost = run, max_batch, wait_s, max_cost
         self._flows: dict[Hashable, _Flow] = {}  # insertion order is the round-robin order
         self._wake: asyncio.Event | None = None
@@ -122,36 +122,32 @@ class Batcher:
                 del self._by_client[j.client]
 
     def _take(self) -> list[_Job]:
-        """One batch by deficit round robin over the flows, at most `max_batch` jobs and about `max_cost`.
+        """One batch: one round of deficit round robin over the flows, at most `max_batch` jobs.
 
-        Each round gives every waiting flow `max_cost / flows` of credit and lets it add jobs while
-        its credit covers them, at most its share of the batch's places; rounds repeat until the
-        batch is full or nothing more fits. A flow keeps unused credit while it has jobs waiting.
+        The round gives every waiting flow `max_cost / flows` of credit and lets it add jobs while
+        its credit covers them, at most its share of the batch's places. One round only, so a
+        request of long texts adds about its share to each batch, not as much as fits; a flow keeps
+        unused credit while it has jobs waiting. Rounds repeat only while the batch is empty.
         """
         for fid in [fid for fid, f in self._flows.items() if all(j.future.done() for j in f.jobs)]:
             self._account(list(self._flows.pop(fid).jobs), -1)  # every job's client left
         batch: list[_Job] = []
-        cost = 0.0
-        while self._flows and len(batch) < self.max_batch:
-            quantum, places, took = self.max_cost / len(self._flows), -(-self.max_batch // len(self._flows)), False
+        while self._flows and not batch:
+            quantum, places = self.max_cost / len(self._flows), -(-self.max_batch // len(self._flows))
             for fid in list(self._flows):
                 flow = self._flows.pop(fid)
                 flow.credit += quantum
                 for _ in range(places):
-                    job = flow.jobs[0] if flow.jobs else None
-                    if job is None or len(batch) >= self.max_batch or job.cost > flow.credit or (batch and cost + job.cost > self.max_cost):
+                    if not flow.jobs or len(batch) >= self.max_batch or flow.jobs[0].cost > flow.credit:
                         break
-                    flow.jobs.popleft()
+                    job = flow.jobs.popleft()
                     flow.credit -= job.cost
                     if job.future.done():  # its client left
                         self._account([job], -1)
-                        continue
-                    batch.append(job)
-                    cost, took = cost + job.cost, True
+                    else:
+                        batch.append(job)
                 if flow.jobs:  # back of the line, keeping its credit
                     self._flows[fid] = flow
-            if batch and not took:
-                break
         return batch
 
     async def _gather(self) -> list[_Job]:

@@ -35,7 +35,8 @@ class ServeSettings(BaseModel):
     max_tokens: int = Field(512, gt=0, description="Largest `max_tokens` a chat request may ask for.")
     max_inputs: int = Field(256, gt=0, description="Most texts in one /v1/classify request.")
     max_batch: int = Field(16, gt=0, description="Most requests (classify: texts) run in one batched model call.")
-    max_batch_tokens: int = Field(4096, gt=0, description="Tokens one batched call aims at, shared equally by the waiting requests.")
+    max_batch_tokens: int = Field(1024, gt=0, description="Classify: tokens one batched call aims at, shared equally by the "
+                                  "waiting requests (lower: long texts delay other clients less).")
     max_queue: int = Field(4096, gt=0, description="Most jobs (chat requests, classify texts) waiting in all; above: 503 with Retry-After.")
     max_client_queue: int = Field(1024, gt=0, description="Most jobs one client (API key) may have waiting; above: 429 with Retry-After.")
     batch_wait_ms: float = Field(10.0, ge=0, description="How long the first request of a batch waits for company.")
