@@ -31,6 +31,7 @@ _PARQUET_BATCH = 8192
 MAX_DEPTH = 64  # arrays/objects nested deeper than this are no training record, and later stages recurse
 _BOM = codecs.BOM_UTF8  # Windows tools start UTF-8 files with it
 _SURROGATE = re.compile(r"[\ud800-\udfff]")  # JSON escapes can spell them; UTF-8 (and so our files) cannot
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")  # how JSON spells one (a valid pair matches too)
 _WS = re.compile(r"[ \t\n\r]*")
 _JSON_TOKEN = re.compile(r'"(?:[^"\\]|\\.)*"|[\[\]{}]')  # strings (skipped whole) and brackets
 _DECODER = json.JSONDecoder()
@@ -127,7 +128,7 @@ def read_rows(path: str) -> Iterator[RawRow]:
 
 
 def _utf16_or_32(path: str) -> str | None:
-    """"UTF-16" or "UTF-32" when the file starts with that encoding's byte-order mark, else None."""
+    """The wide encoding (`UTF-16` or `UTF-32`) whose byte-order mark starts the file, else None."""
     with open(path, "rb") as f:
         head = f.read(4)
     if head.startswith((codecs.BOM_UTF32_LE, codecs.BOM_UTF32_BE)):  # before UTF-16: FF FE starts both
@@ -146,15 +147,23 @@ def _utf8_error(err: UnicodeDecodeError, where: str = "") -> Invalid:
 def _as_object(source: str, line: int, value: Any, nbytes: int = 0, text: str = "") -> RawRow:
     """A parsed value as a row: an object that later stages can handle, else an error row.
 
-    `text` is the value as written in the file, shown in the rejects file when the value is refused.
+    `text` is the value as written in the file: it decides whether the value needs checking, and is
+    shown in the rejects file when the value is refused.
     """
+    suspect = _might_break(text)
     if not isinstance(value, dict):
         error = Invalid("not an object", f"expected a JSON object, got {_json_type(value)}")
-        return RawRow(source, line, None, value, error, nbytes)
-    error = _check_value(value)
+        # a suspect value is shown as written: writing it out again could recurse too deep
+        return RawRow(source, line, None, text.rstrip("\r\n") if suspect else value, error, nbytes)
+    error = _check_value(value) if suspect else None
     if error is not None:
         return RawRow(source, line, None, text.rstrip("\r\n"), error, nbytes)
     return RawRow(source, line, value, value, None, nbytes)
+
+
+def _might_break(text: str) -> bool:
+    """Whether JSON text can hold a lone surrogate or deep nesting: a cheap test that spares most rows the walk."""
+    return text.count("[") + text.count("{") > MAX_DEPTH or _SURROGATE_ESCAPE.search(text) is not None
 
 
 def _check_value(value: Any) -> Invalid | None:
