@@ -296,7 +296,7 @@ def _fairness_ok(d: GateDecision, f: FairnessVerdict, block_unassessed: bool) ->
 
 
 def _fairness_words(f: FairnessVerdict) -> str:
-    return {"passed": f"fairness held ({f.checks} checks)", "off": "fairness was not required (loop.require_fairness off)",
+    return {"passed": f"fairness held ({f.checks} check{'s' * (f.checks != 1)})", "off": "fairness was not required (loop.require_fairness off)",
             "not_assessed": "fairness was NOT assessed (no check possible)", "failed": "fairness failed"}[f.status]
 
 
@@ -330,7 +330,7 @@ def report_rows(d: GateDecision) -> tuple[list[list[Any]], list[list[Any]]]:
     elif d.candidate_value is not None:
         rows.append([f"{d.metric} (candidate)", f"{d.candidate_value:.4f}"])
     f = d.fairness
-    rows.append(["fairness", {"passed": f"passed ({f.checks} checks)", "failed": "FAILED: " + "; ".join(f.failures),
+    rows.append(["fairness", {"passed": f"passed ({f.checks} check{'s' * (f.checks != 1)})", "failed": "FAILED: " + "; ".join(f.failures),
                               "not_assessed": "NOT ASSESSED: no check could be made" + (f" ({f.note})" if f.note else ""),
                               "off": "not required"}[f.status]])
     rows += [["feedback used", feedback_line(d.feedback)], ["frozen test set", d.frozen_test]]
