@@ -87,6 +87,14 @@ def test_yaml_syntax_error_and_huge_values_stay_one_short_line(tmp_path: Path) -
     assert "not valid YAML" in _error(p)
 
 
+def test_values_python_cannot_hold_are_one_line(tmp_path: Path) -> None:
+    p = tmp_path / "run.yaml"
+    p.write_text("seed: " + "9" * 5000 + "\n")
+    assert "put it in quotes" in _error(p)
+    p.write_text("base: 2024-13-45\n")
+    assert "month must be in 1..12" in _error(p)
+
+
 def test_small_anchors_and_aliases_and_a_bom_still_work(tmp_path: Path) -> None:
     p = tmp_path / "run.yaml"
     p.write_bytes(b"\xef\xbb\xbfseed: &s 3\nprepare:\n  near_dup_ngram: *s\n")

@@ -438,6 +438,9 @@ def read_yaml_file(p: Path) -> Any:
     except RecursionError:
         raise TuneloopError(f"config file {p} is nested too deeply to read; a config has sections and fields, "
                             "not deep lists") from None
+    except ValueError as e:  # a scalar YAML types but Python cannot hold: a date 2024-13-45, a 5,000-digit number
+        raise TuneloopError(f"config file {p} holds a value that cannot be read ({_clip(str(e), 120)}); "
+                            "put it in quotes to make it a string") from None
 
 
 def _yaml_problem(e: yaml.YAMLError) -> str:

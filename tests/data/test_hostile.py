@@ -136,3 +136,16 @@ def test_mixed_record_formats_in_one_file_are_all_kept(tmp_path: Path) -> None:
     assert rej["line"] == 5 and rej["kind"] == "unknown format"
     assert all(name in rej["reason"] for name in ("messages", "conversations", "instruction", "prompt"))
     assert result.manifest["inputs"][0]["format"] == "messages+sharegpt+alpaca+prompt_completion"
+
+
+def test_integer_too_long_for_python_is_one_reject(tmp_path: Path) -> None:
+    rows = good(6)
+    big = '{"text": "big", "label": ' + "9" * 5000 + "}"
+    data = tmp_path / "d.jsonl"
+    data.write_text("\n".join(rows[:3] + [big] + rows[3:]) + "\n")
+    kept, rejects = prepare(tmp_path, data)
+    assert kept == {json.loads(r)["text"] for r in rows}
+    assert [(r["line"], r["kind"]) for r in rejects] == [(4, "invalid JSON")] and "4,300 digits" in rejects[0]["reason"]
+    arr = tmp_path / "e.json"
+    arr.write_text("[" + ",".join(rows[:2] + [big] + rows[2:4]) + "]")
+    assert [r.error.kind if r.error else None for r in read_rows(str(arr))] == [None, None, "invalid JSON", None, None]

@@ -128,6 +128,7 @@ def jsonl_files() -> dict[str, tuple[bytes, dict[str, Any]]]:
     case("empty_values.jsonl", around('{"text": "", "label": "pos"}', '{"text": "   ", "label": "pos"}',
                                       '{"text": "empty label", "label": ""}', '{"text": null, "label": "pos"}', "{}",
                                       '{"text": "\\u0000\\u0007\\u001b", "label": "pos"}', '{"text": "<b></b><i> </i>", "label": "pos"}'))
+    case("huge_integer.jsonl", around('{"text": "big", "label": ' + "9" * 5000 + "}", '{"n": ' + "1" * 4301 + "}"))
     case("too_long.jsonl", around(json.dumps({"text": "x " * 15_000, "label": "pos"})))
 
     def odd_but_good(d: Data) -> None:
@@ -229,6 +230,7 @@ def json_files() -> dict[str, tuple[bytes, dict[str, Any]]]:
     array("deep_element.json", [None, '{"text": "deep", "x": ' + "[" * DEEP + "]" * DEEP + "}", None,
                                 '{"x": ' + '{"a": ' * DEEP + "0" + "}" * DEEP + "}", None])
     array("deep_element_200.json", [None, "[" * 200 + "]" * 200, None])
+    array("huge_integer.json", [None, '{"text": "big", "label": ' + "9" * 5000 + "}", None])
     array("not_objects.json", [None, "1", '"s"', "null", "[]", None])
     # A broken array keeps the elements before the break; the break itself is one reject.
     array("truncated.json", [None, None], tail=',\n{"text": "cut', rejects=[3])
@@ -327,6 +329,8 @@ def config_files() -> dict[str, tuple[bytes, dict[str, Any]]]:
         "many_unknown_fields.yaml": ("".join(f"field{i}: {i}\n" for i in range(3000)).encode(), False, "more"),
         "binary_tag.yaml": (b"base: !!binary aGVsbG8=\n", True, ""),  # bytes b"hello": a harmless string
         "inf_seed.yaml": (b"seed: .inf\n", False, "seed"),
+        "huge_int.yaml": (b"seed: " + b"9" * 5000 + b"\n", False, "put it in quotes"),
+        "bad_date.yaml": (b"base: 2024-13-45\n", False, "month must be in 1..12"),
         "wrong_section_type.yaml": (b"train: 5\n", False, "train"),
     }
     return {name: (data, {"kind": "config", "ok": ok, "says": says}) for name, (data, ok, says) in cases.items()}

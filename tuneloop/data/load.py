@@ -197,6 +197,14 @@ def _too_deep() -> Invalid:
     return Invalid("too deeply nested", f"arrays or objects are nested more than {MAX_DEPTH} levels deep; flatten the record")
 
 
+def _unparseable(err: Exception) -> Invalid:
+    """Why valid JSON could not be parsed: too deep for the parser, or an integer too long for Python."""
+    if isinstance(err, RecursionError):
+        return _too_deep()
+    # Python refuses to convert integers of more than 4,300 digits (CVE-2020-10735)
+    return Invalid("invalid JSON", "a number has more than 4,300 digits, more than Python reads; write it as a string")
+
+
 def _json_type(value: Any) -> str:
     names = {list: "an array", str: "a string", bool: "a boolean", int: "a number", float: "a number"}
     return "null" if value is None else names.get(type(value), type(value).__name__)
@@ -212,8 +220,8 @@ def _parse_json_line(source: str, line: int, data: bytes) -> RawRow:
     except json.JSONDecodeError as e:
         error = Invalid("invalid JSON", f"invalid JSON: {e.msg} (column {e.colno})")
         return RawRow(source, line, None, text.rstrip("\r\n"), error, len(data))
-    except RecursionError:  # nesting deeper than the parser's stack
-        return RawRow(source, line, None, text.rstrip("\r\n"), _too_deep(), len(data))
+    except (RecursionError, ValueError) as e:  # nesting deeper than the parser's stack, a huge integer
+        return RawRow(source, line, None, text.rstrip("\r\n"), _unparseable(e), len(data))
     return _as_object(source, line, value, len(data), text)
 
 
@@ -246,8 +254,8 @@ def _read_json(path: str) -> Iterator[RawRow]:
             return
         yield _json_file_error(path, e, len(data))
         return
-    except RecursionError:
-        yield RawRow(path, 1, None, None, _too_deep(), len(data))
+    except (RecursionError, ValueError) as e:
+        yield RawRow(path, 1, None, None, _unparseable(e), len(data))
         return
     if isinstance(value, dict):
         yield _as_object(path, 1, value, len(data), text)
@@ -277,9 +285,9 @@ def _read_json_array(path: str, text: str, pos: int) -> Iterator[RawRow]:
         except json.JSONDecodeError as e:
             yield _json_file_error(path, e, len(text) - pos)  # no way to find where the next element starts
             return
-        except RecursionError:
+        except (RecursionError, ValueError) as e:
             end = _skip_value(text, pos)
-            yield RawRow(path, row, None, text[pos:end] if end else None, _too_deep(), (end or len(text)) - pos)
+            yield RawRow(path, row, None, text[pos:end] if end else None, _unparseable(e), (end or len(text)) - pos)
             if end is None:
                 return
         else:
