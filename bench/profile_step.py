@@ -2,7 +2,7 @@
 
 Three views of the same steps (after one warm-up step):
 - phases: wall time of collation, forward + loss, backward, clipping and the optimizer step, timed
-  around the same calls `tuneloop.train._Trainer._step` makes;
+  around the same calls one step of `tuneloop.train.Trainer.fit` makes;
 - torch.profiler: the operators with the most self CPU time in one step;
 - py-spy 0.4.3 (sampling, Python stacks): the functions where the process spends its time over a
   few steps (`py-spy record --format raw`), aggregated by leaf frame.
@@ -39,22 +39,22 @@ def trainer(work: Path) -> Any:
     cfg = load_config(None, {"task": "generate", "base": "default", "train.data": data, "train.out": work / "run",
                              "train.max_length": 512, "train.batch_size": 8, "train.max_steps": 100,
                              "train.threads": common.THREADS})
-    cfg, run_dir = train._prepare_run(cfg)
+    run_dir = work / "run"
     run_dir.mkdir(parents=True, exist_ok=True)
-    return train._Trainer(cfg, run_dir)
+    return train.sft_trainer(cfg, run_dir).trainer
 
 
 def phases(tr: Any, rows: list[list[int]]) -> dict[str, float]:
-    """Seconds per phase of one step, calling what `_Trainer._step` calls, in the same order."""
+    """Seconds per phase of one step, calling what `Trainer.fit` calls in a step, in the same order."""
     import torch
 
     from tuneloop.losses import loss_sum, n_loss
 
     t = {"collate": time.perf_counter()}
-    batch = tr.ex.batch(tr.train_set, rows)
+    batch = tr.objective.batch(rows)
     t["forward"] = time.perf_counter()
     with tr.ex.autocast():
-        loss = loss_sum(tr.model, batch, tr.kind) / n_loss(batch)
+        loss = loss_sum(tr.model, batch, tr.objective.kind) / n_loss(batch)
     t["backward"] = time.perf_counter()
     loss.backward()
     t["clip"] = time.perf_counter()
@@ -70,12 +70,28 @@ def phases(tr: Any, rows: list[list[int]]) -> dict[str, float]:
     return out
 
 
+def one_step(tr: Any, group: list[list[list[int]]]) -> None:
+    """One optimizer step as `Trainer.fit` takes it (one process): forward, backward, clip, step."""
+    import torch
+
+    micro = [tr.objective.batch(rows) for rows in group]
+    n = sum(tr.objective.count(b) for b in micro)
+    for batch in micro:
+        with tr.ex.autocast():
+            loss = tr.objective.loss_sum(tr.model, batch)[0] / n
+        loss.backward()
+    torch.nn.utils.clip_grad_norm_(tr.params, tr.cfg.train.max_grad_norm)
+    tr.optimizer.step()
+    tr.scheduler.step()
+    tr.optimizer.zero_grad(set_to_none=True)
+
+
 def torch_profile(tr: Any, rows: list[list[int]], table: Path) -> list[dict[str, Any]]:
     """Top operators by self CPU time over one step; the full table goes to `table`."""
     from torch.profiler import ProfilerActivity, profile
 
     with profile(activities=[ProfilerActivity.CPU]) as prof:
-        tr._step([rows])
+        one_step(tr, [rows])
     avg = prof.key_averages()
     table.write_text(avg.table(sort_by="self_cpu_time_total", row_limit=40))
     total = sum(e.self_cpu_time_total for e in avg) or 1
@@ -89,7 +105,7 @@ def pyspy_top(raw: Path, n: int = 15) -> dict[str, list[dict[str, Any]]]:
     own, incl, total = collections.Counter(), collections.Counter(), 0
     for line in raw.read_text().splitlines():
         stack, _, count = line.rpartition(" ")
-        if "_step (" not in stack:  # model loading and set-up are not the step
+        if "one_step (" not in stack:  # model loading and set-up are not the step
             continue
         frames = [f.split(" (")[0] + " (" + f.split(" (")[1].split(":")[0].rsplit("/", 1)[-1] + ")" if " (" in f else f
                   for f in stack.split(";")]
@@ -106,10 +122,10 @@ def run_child(mode: str, work: Path, steps: int) -> dict[str, Any]:
     """`profile`: phases + torch.profiler; `spin`: just train `steps` steps (sampled by py-spy)."""
     tr = trainer(work)
     batches = tr._epoch(0)
-    tr._step(batches[0:1])  # warm-up: first-call allocations and kernel selection
+    one_step(tr, batches[0:1])  # warm-up: first-call allocations and kernel selection
     if mode == "spin":
         for b in batches[1 : 1 + steps]:
-            tr._step([b])
+            one_step(tr, [b])
         return {"steps": steps}
     ph = [phases(tr, b) for b in batches[1 : 1 + steps]]
     top = torch_profile(tr, batches[1 + steps], common.RESULTS / "profile_ops.txt")

@@ -40,13 +40,13 @@ def test_pyspy_aggregation_counts_only_samples_inside_a_training_step(tmp_path: 
     raw = tmp_path / "raw.txt"
     raw.write_text(
         "<module> (a.py:1);load_model (models.py:3) 50\n"
-        "<module> (a.py:1);_Trainer._step (train.py:9);backward (graph.py:2) 30\n"
-        "<module> (a.py:1);_Trainer._step (train.py:9);forward (linear.py:5) 10\n"
+        "<module> (a.py:1);one_step (profile_step.py:9);backward (graph.py:2) 30\n"
+        "<module> (a.py:1);one_step (profile_step.py:9);forward (linear.py:5) 10\n"
     )
     top = profile_step.pyspy_top(raw)
     assert top["samples"] == 40
     assert top["self"][0] == {"function": "backward (graph.py)", "share": 0.75}
-    assert {"function": "_Trainer._step (train.py)", "share": 1.0} in top["inclusive"]
+    assert {"function": "one_step (profile_step.py)", "share": 1.0} in top["inclusive"]
 
 
 def test_readme_table_renders_without_results(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -12,7 +17,7 @@ import torch
 from safetensors.torch import load_file
 
 from tiny import write_data
-from tuneloop import dpo, models, runs, train
+from tuneloop import dpo, losses, models, runs, train
 from tuneloop.config import DpoConfig, load_config
 from tuneloop.encode import IGNORE, collate
 from tuneloop.errors import TuneloopError
@@ -60,10 +65,10 @@ def lora_run(tiny_llama: Path, gen_data: Path, tmp_path_factory: pytest.TempPath
 def test_loss_is_the_dpo_formula_on_a_fixed_batch() -> None:
     pc, pr = torch.tensor([-10.0, -3.0, -7.5]), torch.tensor([-12.0, -2.0, -7.5])
     rc, rr = torch.tensor([-11.0, -3.5, -6.0]), torch.tensor([-11.5, -2.5, -9.0])
-    losses, chosen_r, rejected_r = dpo.dpo_loss(pc, pr, rc, rr, beta=0.2)
+    per_pair, chosen_r, rejected_r = losses.dpo_loss(pc, pr, rc, rr, beta=0.2)
     for i in range(3):
         z = 0.2 * ((pc[i] - rc[i]) - (pr[i] - rr[i])).item()
-        assert losses[i].item() == pytest.approx(math.log1p(math.exp(-z)), rel=1e-6)
+        assert per_pair[i].item() == pytest.approx(math.log1p(math.exp(-z)), rel=1e-6)
     assert torch.allclose(chosen_r - rejected_r, 0.2 * ((pc - rc) - (pr - rr)))
 
 
@@ -81,7 +86,7 @@ def _toy_batch(tiny_llama: Path) -> tuple[torch.nn.Module, object, dict, list]:
 def test_sequence_logps_sum_only_the_answer_tokens(tiny_llama: Path) -> None:
     model, tok, batch, examples = _toy_batch(tiny_llama)
     with torch.no_grad():
-        ours = dpo.sequence_logps(model, batch)
+        ours = losses.sequence_logps(model, batch)
         for row, i in enumerate([0, 2, 1, 3]):  # naive: whole-vocabulary log-softmax of one unpadded sequence
             e = examples[i]
             logits = model(input_ids=torch.tensor([e.input_ids])).logits[0]
@@ -110,8 +115,8 @@ def test_loss_equals_trl_dpo_trainer_on_the_same_batch(tiny_llama: Path, tmp_pat
     model.eval()
     with torch.no_grad():
         theirs = trainer._compute_loss(trainer.model, inputs, False)
-        logps = dpo.sequence_logps(model, batch)
-        ours = dpo.dpo_loss(logps[:2], logps[2:], ref_c, ref_r, beta=0.3)[0].mean()
+        logps = losses.sequence_logps(model, batch)
+        ours = losses.dpo_loss(logps[:2], logps[2:], ref_c, ref_r, beta=0.3)[0].mean()
     assert ours.item() == pytest.approx(theirs.item(), rel=1e-4)
 
 
@@ -147,15 +152,15 @@ def test_the_saved_model_scores_what_was_reported_and_undo_restores_sft(lora_run
     def logps(loaded: runs.Loaded) -> torch.Tensor:
         loaded.tokenizer.padding_side = "right"
         enc = dpo.PairEncoder(loaded.tokenizer, loaded.cfg, None, 512)
-        return dpo._all_logps(loaded.model, dpo._flat(dpo.read_pairs(pairs, enc)[0]), 4, _fp32(loaded))
+        return dpo.all_logps(loaded.model, dpo.flat(dpo.read_pairs(pairs, enc)[0]), 4, _fp32(loaded))
 
     tuned = logps(runs.load_trained(run))
     dpo.undo(run)
     assert not (run / "dpo_summary.json").exists()
     ref = logps(runs.load_trained(run))
     # The merged, reloaded model reproduces the reported numbers.
-    assert dpo.pair_metrics(tuned, ref, STRONG.beta) == pytest.approx(result.after, rel=1e-3, abs=1e-5)
-    assert dpo.pair_metrics(ref, ref, STRONG.beta)["logp_margin"] == pytest.approx(result.before["logp_margin"], rel=1e-4)
+    assert losses.pair_metrics(tuned, ref, STRONG.beta) == pytest.approx(result.after, rel=1e-3, abs=1e-5)
+    assert losses.pair_metrics(ref, ref, STRONG.beta)["logp_margin"] == pytest.approx(result.before["logp_margin"], rel=1e-4)
 
 
 def _fp32(loaded: runs.Loaded) -> Exec:
@@ -237,3 +242,32 @@ def test_dpo_on_the_default_model(tmp_path: Path) -> None:
     assert result.info["val_is_train"] and result.info["train_pairs"] == 32 and result.steps == 8
     assert result.after["loss"] < result.before["loss"] and result.after["reward_accuracy"] > 0.5
     assert runs.load_trained(run).kind == "lm"
+
+
+def test_dpo_resumes_after_sigkill_as_if_never_stopped(tiny_llama: Path, gen_data: Path, tmp_path: Path) -> None:
+    # The same loop as SFT: accumulation, checkpoints, and a rerun on the same pairs continues exactly.
+    sft = _sft(tiny_llama, gen_data, tmp_path / "sft", **{
+        "seed": 3, "train.lora.dropout": 0.1, "train.dpo.epochs": 6, "train.dpo.batch_size": 2, "train.dpo.grad_accum": 2,
+        "train.dpo.save_every": 5, "train.dpo.eval_every": 10, "train.dpo.lr": 1e-2})
+    killed, whole = Path(shutil.copytree(sft, tmp_path / "killed")), Path(shutil.copytree(sft, tmp_path / "whole"))
+    pairs = _write(tmp_path / "pairs.jsonl", _gen_pairs(gen_data, 16))
+    cmd = [sys.executable, "-c", "from tuneloop.cli import main; main()", "dpo", str(killed), "--pairs", str(pairs)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**os.environ, "PYTHONPATH": os.getcwd()})
+    deadline = time.time() + 240
+    while not (killed / "dpo" / "checkpoints" / "step-000010").exists():
+        assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+        assert time.time() < deadline, "no DPO checkpoint within 4 minutes"
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (killed / "dpo_summary.json").exists(), "DPO finished before it was killed"
+    resumed, reference = dpo.run(killed, pairs), dpo.run(whole, pairs)
+    assert resumed.steps == reference.steps == 24  # 16 pairs, 4 a step, 6 epochs
+    a = load_file(killed / "dpo" / "checkpoints" / "step-000024" / "adapter.safetensors")
+    b = load_file(whole / "dpo" / "checkpoints" / "step-000024" / "adapter.safetensors")
+    assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+    records = [[json.loads(x) for x in (d / "metrics.jsonl").read_text().splitlines()] for d in (killed, whole)]
+    dpo_losses = [[r["loss"] for r in rs if r.get("phase") == "dpo"] for rs in records]
+    assert dpo_losses[0] == pytest.approx(dpo_losses[1], rel=1e-5)  # same steps, logged once each
+    assert [r["step"] for r in records[0] if r.get("kind") == "dpo_val"] == [0, 10, 20, 24]
+    assert resumed.after == pytest.approx(reference.after, rel=1e-5)

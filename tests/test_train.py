@@ -98,9 +98,10 @@ def test_run_folder_metrics_and_summary(lora_run: Path) -> None:
 
 
 def test_lora_changes_only_lora_weights(tiny_llama: Path, gen_data: Path, tmp_path: Path) -> None:
-    cfg, run_dir = train._prepare_run(_cfg(tiny_llama, gen_data, tmp_path / "run", **{"train.max_steps": 3}))
+    cfg = _cfg(tiny_llama, gen_data, tmp_path / "run", **{"train.max_steps": 3, "task": "generate"})
+    run_dir = tmp_path / "run"
     run_dir.mkdir(parents=True)
-    trainer = train._Trainer(cfg, run_dir)
+    trainer = train.sft_trainer(cfg, run_dir).trainer
     before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
     trainer.fit()
     # fit() loads the best weights at the end; either way only adapter weights may differ from the start.

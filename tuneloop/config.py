@@ -87,6 +87,10 @@ class DpoConfig(_Section):
     epochs: float = Field(1.0, gt=0, description="Passes over the preference pairs.")
     batch_size: int = Field(4, gt=0, description="Pairs per micro-batch.")
     max_length: int | None = Field(None, ge=8, description="Truncate prompt + answer to this many tokens (default: train.max_length).")
+    grad_accum: int = Field(1, gt=0, description="Micro-batches of pairs per optimizer step.")
+    eval_every: int | None = Field(None, gt=0, description="Validate every this many optimizer steps (None: only at the end).")
+    patience: int | None = Field(None, gt=0, description="Stop after this many validations without improvement (None: never).")
+    save_every: int = Field(50, gt=0, description="Checkpoint every this many optimizer steps (a rerun on the same pairs resumes).")
 
 
 class TrainConfig(_Section):

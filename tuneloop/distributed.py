@@ -74,6 +74,13 @@ def default_threads() -> int | None:
     return max(1, len(os.sched_getaffinity(0)) // local)
 
 
+def set_threads(threads: int | None) -> None:
+    """Use `threads` torch threads (default: this process's share of the cores, or torch's own choice)."""
+    threads = threads or default_threads()
+    if threads:
+        torch.set_num_threads(threads)
+
+
 def _device() -> torch.device:
     # NCCL only moves CUDA tensors; gloo works on CPU tensors.
     return torch.device("cuda") if dist.is_initialized() and dist.get_backend() == "nccl" else torch.device("cpu")

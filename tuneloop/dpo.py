@@ -1,9 +1,11 @@
-"""Preference tuning (DPO) of a trained run on (chosen, rejected) answer pairs, in our own visible loop.
+"""Preference tuning (DPO) of a trained run on (chosen, rejected) answer pairs, in the training loop.
 
 run(run_dir, pairs) continues the run's model (LoRA adapter or full weights) with the standard DPO
 loss `-logsigmoid(beta * ((pi_c - ref_c) - (pi_r - ref_r)))`, where each term is a sequence
 log-prob summed over the answer tokens only. The reference is the SFT model itself: its log-probs
-are computed once, up front, without grad, so no second model is held in memory.
+are computed once, up front, without grad, so no second model is held in memory. The `Dpo`
+objective runs in `train.Trainer` (the loop SFT uses): gradient accumulation, several processes,
+checkpoints in `RUN/dpo/checkpoints/` from which a rerun continues exactly, early stopping.
 
 A pair file is JSONL, one pair a line (what `tuneloop feedback export` writes to preferences.jsonl):
     {"prompt": [chat messages] or "a user message", "chosen": "good answer", "rejected": "bad answer"}
@@ -26,18 +28,17 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from tuneloop import checkpoint, models, runs
+from tuneloop import checkpoint, distributed, models, runs, train
 from tuneloop.config import DpoConfig, RunConfig, load_config
+from tuneloop.data.load import sha256_file
 from tuneloop.encode import IGNORE, Encoded, encode_chat, encode_classify_lm, eval_batches, length_grouped_batches
 from tuneloop.errors import TuneloopError
-from tuneloop.losses import Exec, core, decoder_hidden, linear_cross_entropy
-from tuneloop.train import console
+from tuneloop.losses import Exec, core, dpo_loss, pair_metrics, sequence_logps
 
 SFT = "model_sft"  # RUN/model_sft: the SFT model, kept so DPO can be undone and rerun from it
+DPO_DIR = "dpo"  # RUN/dpo: phase.json (which pairs and settings) and checkpoints/ of an unfinished phase
 # Below this many pairs every pair validates: a held-out tenth of fewer than 10 pairs says nothing.
 MIN_HELD_OUT = 100
 
@@ -73,74 +74,6 @@ class DpoResult:
         for key in self.after:
             table.add_row(key, f"{self.before[key]:.4g}", f"{self.after[key]:.4g}")
         return table
-
-
-# ---------------------------------------------------------------- the loss
-
-
-def dpo_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, ref_chosen: torch.Tensor,
-             ref_rejected: torch.Tensor, beta: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The DPO loss per pair (Rafailov et al. 2023) and the implicit rewards.
-
-    Args:
-        policy_chosen: Summed answer log-probs of the chosen answers under the model being tuned.
-        policy_rejected: The same for the rejected answers.
-        ref_chosen: Chosen answers' log-probs under the reference (the SFT model).
-        ref_rejected: Rejected answers' log-probs under the reference.
-        beta: How far the policy may move from the reference (higher: less far).
-
-    Returns:
-        `(losses, chosen_rewards, rejected_rewards)`, one value per pair; a reward is
-        `beta * (policy - reference)` log-prob.
-
-    Example:
-        >>> z = torch.zeros(1)
-        >>> round(float(dpo_loss(z, z, z, z, beta=0.1)[0]), 4)  # policy = reference: log 2
-        0.6931
-    """
-    chosen_rewards = beta * (policy_chosen - ref_chosen)
-    rejected_rewards = beta * (policy_rejected - ref_rejected)
-    return -F.logsigmoid(chosen_rewards - rejected_rewards), chosen_rewards, rejected_rewards
-
-
-def sequence_logps(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Log-prob of each row's answer tokens, summed (one value per row of `encode.collate`'s batch).
-
-    The LM head runs only on answer positions, chunked, like the training loss (`losses.py`).
-    """
-    lm = core(model)
-    hidden = decoder_hidden(lm, batch)
-    head = lm.get_output_embeddings()
-    out = []
-    for h, t in zip(hidden, batch["targets"]):
-        keep = t != IGNORE
-        if head.bias is not None:  # no fused path for a biased head (rare in LMs)
-            nll = F.cross_entropy(head(h[keep]).float(), t[keep], reduction="sum")
-        else:
-            nll = linear_cross_entropy(h[keep], head.weight, t[keep])
-        out.append(-nll)
-    return torch.stack(out)
-
-
-def pair_metrics(policy: torch.Tensor, ref: torch.Tensor, beta: float) -> dict[str, float]:
-    """Mean DPO loss, reward accuracy and margin, and the policy's own preference, over pairs.
-
-    Args:
-        policy: `[n, 2]` answer log-probs (chosen, rejected) under the policy.
-        ref: The same under the reference.
-        beta: The DPO beta.
-
-    Returns:
-        `loss`; `reward_accuracy` (share of pairs whose chosen reward beats the rejected one) and
-        `reward_margin` (mean chosen minus rejected reward), both 0 before training by definition;
-        `logp_accuracy` and `logp_margin`: the same for the policy's raw log-probs (does the
-        model itself prefer the chosen answer?), meaningful before training too.
-    """
-    losses, rc, rr = dpo_loss(policy[:, 0], policy[:, 1], ref[:, 0], ref[:, 1], beta)
-    logp = policy[:, 0] - policy[:, 1]
-    return {"loss": float(losses.mean()), "reward_accuracy": float((rc > rr).float().mean()),
-            "reward_margin": float((rc - rr).mean()), "logp_accuracy": float((logp > 0).float().mean()),
-            "logp_margin": float(logp.mean())}
 
 
 # ---------------------------------------------------------------- pairs
@@ -265,7 +198,7 @@ def read_pairs(path: Path, encoder: PairEncoder) -> tuple[list[tuple[Encoded, En
     return pairs, rejects
 
 
-# ---------------------------------------------------------------- the model
+# ---------------------------------------------------------------- the model and the objective
 
 
 def _load_policy(run_dir: Path, meta: dict[str, Any], cfg: RunConfig, tokenizer: Any, ex: Exec, max_length: int,
@@ -289,7 +222,7 @@ def _load_policy(run_dir: Path, meta: dict[str, Any], cfg: RunConfig, tokenizer:
 
 
 @torch.no_grad()
-def _all_logps(model: torch.nn.Module, examples: list[Encoded], batch_size: int, ex: Exec) -> torch.Tensor:
+def all_logps(model: torch.nn.Module, examples: list[Encoded], batch_size: int, ex: Exec) -> torch.Tensor:
     """`[n_pairs, 2]` answer log-probs (chosen, rejected) of every pair, in eval mode, without grad."""
     was_training = model.training
     model.eval()
@@ -301,125 +234,153 @@ def _all_logps(model: torch.nn.Module, examples: list[Encoded], batch_size: int,
     return out.view(-1, 2)
 
 
-def _flat(pairs: list[tuple[Encoded, Encoded]]) -> list[Encoded]:
-    # Pair p is examples 2p (chosen) and 2p + 1 (rejected).
+def flat(pairs: list[tuple[Encoded, Encoded]]) -> list[Encoded]:
+    """The pairs as one list of examples: pair p is examples 2p (chosen) and 2p + 1 (rejected)."""
     return [e for pair in pairs for e in pair]
 
 
-# ---------------------------------------------------------------- the loop
+@dataclass
+class Dpo:
+    """The DPO objective for `train.Trainer`: a row is one pair; the reference log-probs are fixed up front."""
 
+    examples: list[Encoded]
+    train_idx: list[int]
+    val_idx: list[int]
+    ref: torch.Tensor
+    cfg: DpoConfig
+    seed: int
+    ex: Exec
+    phase: str | None = "dpo"
+    validate_each_epoch: bool = False  # validate every `train.dpo.eval_every` steps and at the end
 
-class _Dpo:
-    """One DPO phase on a run: set up, then `fit()` runs the loop and `write()` saves the result."""
-
-    def __init__(self, run_dir: Path, pairs_path: Path, cfg: DpoConfig | None) -> None:
-        models.quiet_transformers()
-        self.run_dir = run_dir
-        self.meta, self.run_cfg = runs.model_meta(run_dir), load_config(run_dir / "config.yaml")
-        if self.meta["kind"] != "lm":
-            raise TuneloopError(f"{run_dir} trains a classification head; DPO needs a causal LM (train with classify_as: generate)")
-        t = self.run_cfg.train
-        self.cfg = cfg or t.dpo
-        if t.threads:
-            torch.set_num_threads(t.threads)
-        self.max_length = self.cfg.max_length or t.max_length
-        self.tokenizer = models.load_tokenizer(run_dir / "model", self.run_cfg.trust_remote_code)
-        encoder = PairEncoder(self.tokenizer, self.run_cfg, self.meta["labels"], self.max_length)
-        pairs, self.rejects = read_pairs(pairs_path, encoder)
-        _keep_sft(run_dir)  # only now: a bad pairs file leaves the run as it was
-        self.train_idx, self.val_idx = _split(len(pairs), self.run_cfg.seed)
-        self.examples = _flat(pairs)
-        device = models.device()
-        self.ex = Exec("lm", device, models.use_bf16(t.precision, device), self.tokenizer.pad_token_id, t.share_prefix)
-        torch.manual_seed(self.run_cfg.seed)
-        # A micro-batch holds both answers of each pair.
-        self.model = _load_policy(run_dir, self.meta, self.run_cfg, self.tokenizer, self.ex, self.max_length, 2 * self.cfg.batch_size)
-        self.params = [p for p in self.model.parameters() if p.requires_grad]
-        self.optimizer = models.optimizer(self.params, self.cfg.lr, t.weight_decay, device)
-        steps_per_epoch = math.ceil(len(self.train_idx) / self.cfg.batch_size)
-        self.total_steps = max(1, math.ceil(self.cfg.epochs * steps_per_epoch))
-        from transformers import get_scheduler
-
-        self.scheduler = get_scheduler("cosine", self.optimizer, round(t.warmup * self.total_steps), self.total_steps)
-
-    def _batches(self, epoch: int) -> list[list[int]]:
+    def epoch(self, epoch: int, global_batch: int) -> list[list[list[int]]]:
+        """Pairs of similar length batched together, in a seeded order."""
         lengths = [max(len(self.examples[2 * p].input_ids), len(self.examples[2 * p + 1].input_ids)) for p in self.train_idx]
-        order = length_grouped_batches(lengths, self.cfg.batch_size, self.run_cfg.seed * 100_003 + epoch)
-        return [[self.train_idx[i] for i in b] for b in order]
+        order = length_grouped_batches(lengths, global_batch, self.seed * 100_003 + epoch)
+        return [[[self.train_idx[i]] for i in b] for b in order]
 
-    def fit(self) -> DpoResult:
-        """Reference log-probs, then the DPO steps, then validation; returns before/after metrics."""
-        started = time.perf_counter()
-        _drop_dpo_records(self.run_dir)  # a rerun replaces the previous DPO phase
-        self.ref = _all_logps(self.model, self.examples, 2 * self.cfg.batch_size, self.ex)
-        ref_seconds = time.perf_counter() - started
-        before = pair_metrics(self.ref[self.val_idx], self.ref[self.val_idx], self.cfg.beta)  # policy = reference
-        self._log({"kind": "dpo_val", "step": 0, **before})
-        step, epoch, train_seconds = 0, 0, 0.0
-        with _progress() as bar:
-            task = bar.add_task("DPO", total=self.total_steps, loss=math.log(2), acc=0.0)
-            while step < self.total_steps:
-                for pairs in self._batches(epoch):
-                    t0 = time.perf_counter()
-                    stats = self._step(pairs)
-                    train_seconds += time.perf_counter() - t0
-                    step += 1
-                    self._log({"kind": "dpo_train", "step": step, "epoch": epoch, **stats, "lr": self.scheduler.get_last_lr()[0]})
-                    bar.update(task, completed=step, loss=stats["loss"], acc=stats["reward_accuracy"])
-                    if step >= self.total_steps:
-                        break
-                epoch += 1
-        after = self._validate()
-        self._log({"kind": "dpo_val", "step": step, **after})
-        info = self._info(step, ref_seconds, train_seconds, time.perf_counter() - started)
-        return DpoResult(self.run_dir, before, after, step, self.rejects, info)
+    def batch(self, rows: list[list[int]]) -> dict[str, torch.Tensor]:
+        """The chosen answers, then the rejected ones, of the pairs in `rows`."""
+        pairs = [r[0] for r in rows]
+        batch = self.ex.batch(self.examples, [[2 * p] for p in pairs] + [[2 * p + 1] for p in pairs])
+        return batch | {"pairs": torch.tensor(pairs)}
 
-    def _step(self, pairs: list[int]) -> dict[str, float]:
-        rows = [[2 * p] for p in pairs] + [[2 * p + 1] for p in pairs]
-        with self.ex.autocast():
-            logps = sequence_logps(self.model, self.ex.batch(self.examples, rows)).float()
-        chosen, rejected = logps.chunk(2)
-        ref = self.ref[pairs].to(logps.device)
-        losses, rc, rr = dpo_loss(chosen, rejected, ref[:, 0], ref[:, 1], self.cfg.beta)
-        loss = losses.mean()
-        loss.backward()
-        if self.run_cfg.train.max_grad_norm:
-            torch.nn.utils.clip_grad_norm_(self.params, self.run_cfg.train.max_grad_norm)
-        self.optimizer.step()
-        self.scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        return {"loss": float(loss.detach()), "reward_accuracy": float((rc > rr).float().mean()),
-                "reward_margin": float((rc - rr).detach().mean())}
+    def count(self, batch: dict[str, torch.Tensor]) -> int:
+        """Pairs."""
+        return len(batch["pairs"])
 
-    def _validate(self) -> dict[str, float]:
+    def loss_sum(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+        """Summed DPO loss of the pairs, and their summed reward accuracy and margin."""
+        chosen, rejected = sequence_logps(model, batch).float().chunk(2)
+        ref = self.ref[batch["pairs"].cpu()].to(chosen.device)
+        pair_losses, rc, rr = dpo_loss(chosen, rejected, ref[:, 0], ref[:, 1], self.cfg.beta)
+        return pair_losses.sum(), {"reward_accuracy": float((rc > rr).sum()), "reward_margin": float((rc - rr).detach().sum())}
+
+    def validate(self, model: torch.nn.Module) -> dict[str, float]:
+        """`pair_metrics` of the validation pairs against the reference."""
         val = [e for p in self.val_idx for e in (self.examples[2 * p], self.examples[2 * p + 1])]
-        policy = _all_logps(self.model, val, 2 * self.cfg.batch_size, self.ex)
-        return pair_metrics(policy, self.ref[self.val_idx], self.cfg.beta)
+        return pair_metrics(all_logps(model, val, 2 * self.cfg.batch_size, self.ex), self.ref[self.val_idx], self.cfg.beta)
 
-    def _info(self, steps: int, ref_seconds: float, train_seconds: float, wall: float) -> dict[str, Any]:
-        n = len(self.train_idx)
-        seen = min(steps * self.cfg.batch_size, math.ceil(self.cfg.epochs * n))  # pairs trained on, repeats counted
-        return {
-            "method": self.meta["method"], "beta": self.cfg.beta, "lr": self.cfg.lr, "epochs": self.cfg.epochs,
-            "batch_size": self.cfg.batch_size, "max_length": self.max_length, "steps": steps,
-            "train_pairs": n, "val_pairs": len(self.val_idx), "val_is_train": self.val_idx == self.train_idx,
-            "rejected_rows": len(self.rejects), "reference_seconds": ref_seconds, "train_seconds": train_seconds,
-            "seconds_per_pair": train_seconds / max(seen, 1), "wall_seconds": wall, "bf16": self.ex.bf16,
-            "device": str(self.ex.device),
-        }
 
-    def _log(self, record: dict[str, Any]) -> None:
-        runs.append_metrics(self.run_dir, {"phase": "dpo", **record})
+# ---------------------------------------------------------------- set-up and files
 
-    def write(self, result: DpoResult) -> None:
-        """Replace RUN/model with the tuned model (atomically) and write the summary and rejects."""
-        meta = {**self.meta, "dpo": {"pairs": len(self.train_idx), "steps": result.steps, "beta": self.cfg.beta}}
 
-        runs.write_model(self.run_dir, self.model, self.tokenizer, meta)
-        with (self.run_dir / "dpo_rejects.jsonl").open("w", encoding="utf-8") as f:
-            f.writelines(json.dumps(asdict(r)) + "\n" for r in self.rejects)
-        summary = {**result.info, "before": result.before, "after": result.after}
-        (self.run_dir / "dpo_summary.json").write_text(json.dumps(summary, indent=1))
+@dataclass
+class DpoRun:
+    """A DPO phase set up: the loop on the SFT model, and what the summary and files need."""
+
+    trainer: train.Trainer
+    objective: Dpo
+    run_dir: Path
+    pairs: Path
+    meta: dict[str, Any]
+    tokenizer: Any
+    rejects: list[Reject]
+    reference_seconds: float
+
+
+def _plan(run_cfg: RunConfig, cfg: DpoConfig, max_length: int) -> RunConfig:
+    """The run's config with `train` set to how DPO trains (its lr, epochs, batch; the run's precision and clipping)."""
+    t = run_cfg.train.model_copy(update={
+        "lr": cfg.lr, "epochs": cfg.epochs, "batch_size": cfg.batch_size, "grad_accum": cfg.grad_accum, "max_steps": None,
+        "schedule": "cosine", "max_length": max_length, "eval_every": cfg.eval_every or 10**9, "patience": cfg.patience,
+        "save_every": cfg.save_every})
+    return run_cfg.model_copy(update={"train": t})
+
+
+def _same_phase(run_dir: Path, key: dict[str, Any]) -> bool:
+    """Whether RUN/dpo holds an unfinished phase on the same pairs and settings (which then resumes)."""
+    saved = run_dir / DPO_DIR / "phase.json"
+    return (not (run_dir / "dpo_summary.json").is_file() and saved.is_file()
+            and json.loads(saved.read_text(encoding="utf-8")) == key)
+
+
+def _setup(run_dir: Path, pairs_path: Path, cfg: DpoConfig | None) -> DpoRun:
+    models.quiet_transformers()
+    meta, run_cfg = runs.model_meta(run_dir), load_config(run_dir / "config.yaml")
+    if meta["kind"] != "lm":
+        raise TuneloopError(f"{run_dir} trains a classification head; DPO needs a causal LM (train with classify_as: generate)")
+    t, cfg = run_cfg.train, cfg or run_cfg.train.dpo
+    distributed.set_threads(t.threads)
+    max_length = cfg.max_length or t.max_length
+    tokenizer = models.load_tokenizer(run_dir / "model", run_cfg.trust_remote_code)
+    pairs, rejects = read_pairs(pairs_path, PairEncoder(tokenizer, run_cfg, meta["labels"], max_length))
+    key = {"pairs": str(pairs_path.resolve()), "sha256": sha256_file(str(pairs_path)), "dpo": cfg.model_dump(mode="json")}
+    resuming = _same_phase(run_dir, key)
+    if distributed.is_main():
+        _keep_sft(run_dir)  # only now: a bad pairs file leaves the run as it was
+        if not resuming:  # a new phase starts again from the SFT model and replaces the previous one's records
+            shutil.rmtree(run_dir / DPO_DIR, ignore_errors=True)
+            (run_dir / DPO_DIR).mkdir()
+            (run_dir / DPO_DIR / "phase.json").write_text(json.dumps(key, indent=1), encoding="utf-8")
+            _drop_dpo_records(run_dir)
+    distributed.barrier()
+    meta = json.loads((run_dir / SFT / runs.META).read_text())  # the SFT model's, also when RUN/model holds a DPO result
+    train_idx, val_idx = _split(len(pairs), run_cfg.seed)
+    examples = flat(pairs)
+    device = models.device()
+    ex = Exec("lm", device, models.use_bf16(t.precision, device), tokenizer.pad_token_id, t.share_prefix)
+    torch.manual_seed(run_cfg.seed)
+    # A micro-batch holds both answers of each pair.
+    model = _load_policy(run_dir, meta, run_cfg, tokenizer, ex, max_length, 2 * cfg.batch_size)
+    started = time.perf_counter()
+    ref = all_logps(model, examples, 2 * cfg.batch_size, ex)  # the reference is the SFT model: computed once, up front
+    objective = Dpo(examples, train_idx, val_idx, ref, cfg, run_cfg.seed, ex)
+    trainer = train.Trainer(_plan(run_cfg, cfg, max_length), run_dir, objective, model, ckpt_dir=run_dir / DPO_DIR / "checkpoints")
+    d = DpoRun(trainer, objective, run_dir, pairs_path, meta, tokenizer, rejects, time.perf_counter() - started)
+    if resuming and trainer.restore():
+        train.console.print(f"resuming the DPO phase of {run_dir} at step {trainer.state.step}")
+    elif distributed.is_main():
+        _drop_dpo_records(run_dir)
+        runs.append_metrics(run_dir, {"phase": "dpo", "kind": "dpo_val", "step": 0, **_before(objective)})
+    return d
+
+
+def _before(objective: Dpo) -> dict[str, float]:
+    ref = objective.ref[objective.val_idx]
+    return pair_metrics(ref, ref, objective.cfg.beta)  # policy = reference
+
+
+def _finish(d: DpoRun, wall: float) -> DpoResult:
+    """Write RUN/model (the best DPO model, atomically), dpo_summary.json and dpo_rejects.jsonl."""
+    s, o = d.trainer.state, d.objective
+    if s.stopped == "interrupted":
+        raise TuneloopError(f"interrupted at step {s.step}; checkpoint saved, continue with `tuneloop dpo {d.run_dir} --pairs {d.pairs}`")
+    n, c = len(o.train_idx), o.cfg
+    seen = min(s.step * c.batch_size * c.grad_accum, math.ceil(c.epochs * n))  # pairs trained on, repeats counted
+    info = {**d.trainer.info(), "method": d.meta["method"], "beta": c.beta, "lr": c.lr, "epochs": c.epochs,
+            "batch_size": c.batch_size, "max_length": d.trainer.cfg.train.max_length, "train_pairs": n,
+            "val_pairs": len(o.val_idx), "val_is_train": o.val_idx == o.train_idx, "rejected_rows": len(d.rejects),
+            "reference_seconds": d.reference_seconds, "seconds_per_pair": s.train_seconds / max(seen, 1), "wall_seconds": wall}
+    result = DpoResult(d.run_dir, _before(o), s.best, s.step, d.rejects, info)
+    if distributed.is_main():
+        meta = {**d.meta, "dpo": {"pairs": n, "steps": s.step, "best_step": s.best_step, "beta": c.beta}}
+        runs.write_model(d.run_dir, d.trainer.model, d.tokenizer, meta)
+        with (d.run_dir / "dpo_rejects.jsonl").open("w", encoding="utf-8") as f:
+            f.writelines(json.dumps(asdict(r)) + "\n" for r in d.rejects)
+        (d.run_dir / "dpo_summary.json").write_text(json.dumps({**info, "before": result.before, "after": result.after}, indent=1))
+    distributed.barrier()  # the model is written when any process returns
+    return result
 
 
 def _split(n: int, seed: int) -> tuple[list[int], list[int]]:
@@ -442,19 +403,16 @@ def _drop_dpo_records(run_dir: Path) -> None:
     runs.rewrite_metrics(run_dir, lambda r: r.get("phase") != "dpo")
 
 
-def _progress() -> Progress:
-    return Progress(
-        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-        TextColumn("loss {task.fields[loss]:.4f}"), TextColumn("reward acc {task.fields[acc]:.2f}"),
-        TimeRemainingColumn(), console=console,
-    )
-
-
 # ---------------------------------------------------------------- entry points
 
 
 def run(run_dir: Path, pairs: Path, cfg: DpoConfig | None = None) -> DpoResult:
     """Tune a trained run's model on preference pairs with DPO; the result replaces `RUN/model/`.
+
+    The phase trains in `train.Trainer`'s loop: gradient accumulation, `train.nproc` processes,
+    atomic checkpoints in `RUN/dpo/checkpoints/` and early stopping (`train.dpo.*`). Run again on
+    the same pairs and settings after a crash or Ctrl-C, it continues from its last checkpoint;
+    otherwise it starts again from the SFT model.
 
     Args:
         run_dir: A finished training run (causal LM: generate, or classify-as-generate).
@@ -467,17 +425,36 @@ def run(run_dir: Path, pairs: Path, cfg: DpoConfig | None = None) -> DpoResult:
         `RUN/dpo_summary.json`). The SFT model is kept in `RUN/model_sft/`; a rerun starts from it.
 
     Raises:
-        TuneloopError: no trained model, a classification-head run, a missing pairs file, or no
-            usable pair in it.
+        TuneloopError: no trained model, a classification-head run, a missing pairs file, no
+            usable pair in it, or Ctrl-C (after saving a checkpoint).
     """
-    trainer = _Dpo(Path(run_dir).resolve(), Path(pairs), cfg)
-    for r in trainer.rejects[:5]:
-        console.print(f"[yellow]warning:[/] {r.source} line {r.line}: {r.reason} (pair skipped)")
-    if len(trainer.rejects) > 5:
-        console.print(f"[yellow]warning:[/] {len(trainer.rejects)} pairs skipped in all; see {trainer.run_dir / 'dpo_rejects.jsonl'}")
-    result = trainer.fit()
-    trainer.write(result)
-    return result
+    run_dir, pairs = Path(run_dir).resolve(), Path(pairs)
+    distributed.init_from_env()
+    if not distributed.is_main():
+        train.console.quiet = True
+    nproc = runs.load_run_config(run_dir).train.nproc
+    if distributed.needs_launch(nproc):
+        distributed.launch(nproc, _run_launched, (run_dir, pairs, cfg))
+        return _read_result(run_dir)
+    d = _setup(run_dir, pairs, cfg)
+    for r in d.rejects[:5]:
+        train.console.print(f"[yellow]warning:[/] {r.source} line {r.line}: {r.reason} (pair skipped)")
+    if len(d.rejects) > 5:
+        train.console.print(f"[yellow]warning:[/] {len(d.rejects)} pairs skipped in all; see {run_dir / 'dpo_rejects.jsonl'}")
+    started = time.perf_counter()
+    d.trainer.fit()
+    return _finish(d, time.perf_counter() - started)
+
+
+def _run_launched(run_dir: Path, pairs: Path, cfg: DpoConfig | None) -> None:
+    """What each process started by `run` runs (module level, so that it can be pickled)."""
+    run(run_dir, pairs, cfg)
+
+
+def _read_result(run_dir: Path) -> DpoResult:
+    summary = json.loads((run_dir / "dpo_summary.json").read_text())
+    rejects = [Reject(**r) for r in runs.read_jsonl(run_dir / "dpo_rejects.jsonl")]
+    return DpoResult(run_dir, summary.pop("before"), summary.pop("after"), summary["steps"], rejects, summary)
 
 
 def undo(run_dir: Path) -> Path:
@@ -491,5 +468,6 @@ def undo(run_dir: Path) -> Path:
         raise TuneloopError(f"{run_dir} has no {SFT}/: DPO has not run on it, so there is nothing to undo")
     checkpoint.atomic_dir(run_dir / "model", lambda d: shutil.copytree(run_dir / SFT, d, dirs_exist_ok=True))
     _drop_dpo_records(run_dir)
+    shutil.rmtree(run_dir / DPO_DIR, ignore_errors=True)
     (run_dir / "dpo_summary.json").unlink(missing_ok=True)
     return run_dir / "model"

@@ -1,4 +1,4 @@
-"""The training loss: cross-entropy on the positions that carry loss, without whole-vocabulary logits.
+"""Training objectives: cross-entropy on the positions that carry loss (SFT), the DPO loss, validation loss.
 
 For a causal LM the decoder runs on every token, but the LM head (for SmolLM2 a 49k-vocabulary
 matmul whose fp32 logits are ~1 GB for 8 x 256 tokens) runs only on answer positions, in chunks,
@@ -180,3 +180,71 @@ def validation_loss(loaded: Loaded, rows: list[dict[str, Any]]) -> float:
     device = next(loaded.model.parameters()).device
     ex = Exec(loaded.kind, device, use_bf16(t.precision, device), loaded.tokenizer.pad_token_id, t.share_prefix)
     return mean_loss(loaded.model, examples, t.batch_size, ex)
+
+
+# ---------------------------------------------------------------- the DPO objective
+
+
+def dpo_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, ref_chosen: torch.Tensor,
+             ref_rejected: torch.Tensor, beta: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The DPO loss per pair (Rafailov et al. 2023) and the implicit rewards.
+
+    Args:
+        policy_chosen: Summed answer log-probs of the chosen answers under the model being tuned.
+        policy_rejected: The same for the rejected answers.
+        ref_chosen: Chosen answers' log-probs under the reference (the SFT model).
+        ref_rejected: Rejected answers' log-probs under the reference.
+        beta: How far the policy may move from the reference (higher: less far).
+
+    Returns:
+        `(losses, chosen_rewards, rejected_rewards)`, one value per pair; a reward is
+        `beta * (policy - reference)` log-prob.
+
+    Example:
+        >>> z = torch.zeros(1)
+        >>> round(float(dpo_loss(z, z, z, z, beta=0.1)[0]), 4)  # policy = reference: log 2
+        0.6931
+    """
+    chosen_rewards = beta * (policy_chosen - ref_chosen)
+    rejected_rewards = beta * (policy_rejected - ref_rejected)
+    return -F.logsigmoid(chosen_rewards - rejected_rewards), chosen_rewards, rejected_rewards
+
+
+def sequence_logps(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Log-prob of each row's answer tokens, summed (one value per row of `encode.collate`'s batch).
+
+    The LM head runs only on answer positions, chunked, like the training loss (`losses.py`).
+    """
+    lm = core(model)
+    hidden = decoder_hidden(lm, batch)
+    head = lm.get_output_embeddings()
+    out = []
+    for h, t in zip(hidden, batch["targets"]):
+        keep = t != IGNORE
+        if head.bias is not None:  # no fused path for a biased head (rare in LMs)
+            nll = F.cross_entropy(head(h[keep]).float(), t[keep], reduction="sum")
+        else:
+            nll = linear_cross_entropy(h[keep], head.weight, t[keep])
+        out.append(-nll)
+    return torch.stack(out)
+
+
+def pair_metrics(policy: torch.Tensor, ref: torch.Tensor, beta: float) -> dict[str, float]:
+    """Mean DPO loss, reward accuracy and margin, and the policy's own preference, over pairs.
+
+    Args:
+        policy: `[n, 2]` answer log-probs (chosen, rejected) under the policy.
+        ref: The same under the reference.
+        beta: The DPO beta.
+
+    Returns:
+        `loss`; `reward_accuracy` (share of pairs whose chosen reward beats the rejected one) and
+        `reward_margin` (mean chosen minus rejected reward), both 0 before training by definition;
+        `logp_accuracy` and `logp_margin`: the same for the policy's raw log-probs (does the
+        model itself prefer the chosen answer?), meaningful before training too.
+    """
+    losses, rc, rr = dpo_loss(policy[:, 0], policy[:, 1], ref[:, 0], ref[:, 1], beta)
+    logp = policy[:, 0] - policy[:, 1]
+    return {"loss": float(losses.mean()), "reward_accuracy": float((rc > rr).float().mean()),
+            "reward_margin": float((rc - rr).mean()), "logp_accuracy": float((logp > 0).float().mean()),
+            "logp_margin": float(logp.mean())}

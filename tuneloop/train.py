@@ -1,14 +1,15 @@
-"""`tuneloop train`: fine-tune a base model (LoRA or full) in one visible loop.
+"""`tuneloop train`: fine-tune a base model (LoRA or full) in the one visible loop every objective uses.
 
-run(cfg) → _Trainer: data and model set up, then `_Trainer.fit()` holds the loop: forward on the
-positions that carry loss, `loss.backward()`, clipping, `optimizer.step()`, validation, early
-stopping and atomic checkpoints from which `resume(run_dir)` continues exactly. With `train.nproc`
-above 1, or under torchrun, every process runs this loop on its share of each global batch and
-rank 0 writes the files (`tuneloop.distributed`).
+`Trainer.fit()` holds the loop: forward on what carries loss, `loss.backward()`, clipping,
+`optimizer.step()`, validation, early stopping and atomic checkpoints from which a run continues
+exactly. What it trains on is an `Objective`: supervised fine-tuning here (`run`, `resume`),
+preference pairs in `tuneloop.dpo`, each with LoRA or all weights. With `train.nproc` above 1, or
+under torchrun, every process runs the loop on its share of each global batch and rank 0 writes the
+files (`tuneloop.distributed`).
 
 A run folder holds `config.yaml` (resolved), `metrics.jsonl`, `checkpoints/step-N/` (the last few)
 and `checkpoints/best-N/`, `model/` (the best adapter or weights + tokenizer + `tuneloop.json`) and
-`train_summary.json`.
+`train_summary.json` (`tuneloop.runs` reads and writes them).
 """
 
 from __future__ import annotations
@@ -22,19 +23,18 @@ import signal
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Protocol
 
 import torch
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from tuneloop import checkpoint, distributed, models, runs
+from tuneloop import checkpoint, distributed, losses, models, runs
 from tuneloop.config import RunConfig, load_config, save_config
 from tuneloop.encode import Encoded, encode_rows, epoch_batches
 from tuneloop.errors import TuneloopError
-from tuneloop import losses
 from tuneloop.losses import Exec, core, loss_sum, mean_loss
+from tuneloop.progress import track
 
 console = Console(stderr=True)
 OnValidate = Callable[[int, float], None]
@@ -61,17 +61,15 @@ class TrainResult:
         return table
 
 
-
-
 @dataclass
-class _State:
+class State:
     """Everything about progress that a checkpoint must restore (plain values, saved as JSON)."""
 
     step: int = 0
     epoch: int = 0
     batch_in_epoch: int = 0  # micro-batches of `epoch` already trained on
     tokens_seen: int = 0  # real (non-padding) tokens
-    loss_tokens: int = 0
+    loss_tokens: int = 0  # units the loss was a mean over: tokens, examples or pairs
     train_seconds: float = 0.0  # time inside optimizer steps only
     train_cpu_seconds: float = 0.0  # process CPU time inside optimizer steps (all threads)
     best_val_loss: float = math.inf
@@ -79,163 +77,155 @@ class _State:
     bad_evals: int = 0  # validations since the last improvement
     last_val_step: int = -1
     stopped: str = ""
+    best: dict[str, float] = field(default_factory=dict)  # every validation metric at the best step
 
 
-
-# ---------------------------------------------------------------- data and model
-
-
-def _resolve_task(cfg: RunConfig, manifest: dict[str, Any]) -> RunConfig:
-    """The data decides the task: the manifest's task wins over the config default."""
-    task = manifest.get("task") or cfg.task
-    if "task" in cfg.model_fields_set and cfg.task != task:
-        console.print(f"[yellow]warning:[/] task {cfg.task} given, but the data was prepared for {task}; training {task}")
-    if task == "classify" and not manifest.get("labels"):
-        raise TuneloopError("manifest.json has no labels for a classify task; re-run `tuneloop prepare --task classify`")
-    cfg = cfg.model_copy(deep=True)
-    cfg.task = task
-    return cfg
+# ---------------------------------------------------------------- objectives
 
 
-def _encode(cfg: RunConfig, tokenizer: Any, rows: list[dict], labels: list[str] | None, source: str) -> tuple[list[Encoded], int]:
-    return encode_rows(
-        rows, tokenizer, task=cfg.task, kind=runs.model_kind(cfg), max_length=cfg.train.max_length, labels=labels,
-        system_prompt=cfg.train.system_prompt, source=source,
-    )
+class Objective(Protocol):
+    """What the loop trains on: supervised fine-tuning (`Sft`) or preference pairs (`tuneloop.dpo.Dpo`).
 
-
-def _build_model(cfg: RunConfig, base_path: Path | str, kind: runs.Kind, labels: list[str] | None, tokenizer: Any,
-                 device: torch.device, bf16: bool) -> torch.nn.Module:
-    """The base model with LoRA adapters (or all weights trainable), seeded, in train mode.
-
-    With LoRA and bf16 the frozen base weights are stored in bf16 (no cast in every matmul, half the
-    memory); what trains (adapters, a new head) stays fp32 for the optimizer.
+    A row is a list of indices into the objective's examples; a micro-batch is a list of rows.
     """
-    torch.manual_seed(cfg.seed)  # a new head and the LoRA init depend on it
-    t = cfg.train
-    lora = t.method == "lora"
-    model = models.load_model(
-        base_path, kind, labels=labels, pad_token_id=tokenizer.pad_token_id, trust_remote_code=cfg.trust_remote_code,
-        dtype=torch.bfloat16 if lora and bf16 else torch.float32,
-        attn_implementation=models.attention(device, t.max_length, t.batch_size, base_path, t.attention),
-    )
-    return models.for_training(model, lora=t.lora if lora else None, kind=kind, base=cfg.base, bf16=bf16,
-                               gradient_checkpointing=t.gradient_checkpointing)
+
+    ex: Exec
+    phase: str | None  # None for SFT; else it tags every metrics record and prefixes its kind (`dpo_train`)
+    validate_each_epoch: bool
+
+    def epoch(self, epoch: int, global_batch: int) -> list[list[list[int]]]:
+        """The micro-batches of an epoch, each of `global_batch` rows: a pure function of (seed, epoch)."""
+
+    def batch(self, rows: list[list[int]]) -> dict[str, torch.Tensor]:
+        """A collated micro-batch on the device."""
+
+    def count(self, batch: dict[str, torch.Tensor]) -> int:
+        """The units the loss is a mean over (loss tokens, examples or pairs) in `batch`."""
+
+    def loss_sum(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+        """The loss summed over the batch's units, and other per-unit sums to log (as means)."""
+
+    def validate(self, model: torch.nn.Module) -> dict[str, float]:
+        """Validation metrics; `loss` decides early stopping and the best step."""
 
 
-# ---------------------------------------------------------------- the trainer
+@dataclass
+class Sft:
+    """Supervised fine-tuning: cross-entropy on the answer tokens (or on the label, for a head)."""
+
+    cfg: RunConfig
+    kind: runs.Kind
+    train_set: list[Encoded]
+    val_set: list[Encoded]
+    ex: Exec
+    phase: str | None = None
+    validate_each_epoch: bool = True
+
+    def epoch(self, epoch: int, global_batch: int) -> list[list[list[int]]]:
+        """Shuffled micro-batches of the training set (grouped by length, or packed)."""
+        t = self.cfg.train
+        return epoch_batches(self.train_set, global_batch, self.cfg.seed * 100_003 + epoch, packing=t.packing and self.kind == "lm",
+                             group_by_length=t.group_by_length, max_length=t.max_length)
+
+    def batch(self, rows: list[list[int]]) -> dict[str, torch.Tensor]:
+        """Collate training examples."""
+        return self.ex.batch(self.train_set, rows)
+
+    def count(self, batch: dict[str, torch.Tensor]) -> int:
+        """Loss tokens (LM) or examples (head)."""
+        return losses.n_loss(batch)
+
+    def loss_sum(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+        """Summed cross-entropy; nothing else to log."""
+        return loss_sum(model, batch, self.kind), {}
+
+    def validate(self, model: torch.nn.Module) -> dict[str, float]:
+        """Mean validation loss."""
+        return {"loss": mean_loss(model, self.val_set, self.cfg.train.batch_size, self.ex)}
 
 
-# ---------------------------------------------------------------- the trainer
+# ---------------------------------------------------------------- the loop
 
 
-class _Trainer:
-    """One training run: set up from a resolved config, then `fit()` runs the loop."""
+class Trainer:
+    """The loop: `cfg.train` says how long and how (lr, schedule, accumulation, validation, checkpoints)."""
 
-    def __init__(self, cfg: RunConfig, run_dir: Path, on_validate: OnValidate | None = None) -> None:
-        models.quiet_transformers()
+    def __init__(self, cfg: RunConfig, run_dir: Path, objective: Objective, model: torch.nn.Module,
+                 ckpt_dir: Path | None = None, on_validate: OnValidate | None = None) -> None:
         t = cfg.train
-        threads = t.threads or distributed.default_threads()
-        if threads:
-            torch.set_num_threads(threads)
-        self.cfg, self.run_dir, self.on_validate = cfg, run_dir, on_validate
-        self.ckpt_dir = run_dir / "checkpoints"
-        self.kind = runs.model_kind(cfg)
-        manifest = runs.read_manifest(Path(t.data))
-        self.labels = manifest.get("labels") if cfg.task == "classify" else None
-        self.base_path = models.resolve(cfg.base, task=cfg.task, classify_as=t.classify_as)
-        self.tokenizer = models.load_tokenizer(self.base_path, cfg.trust_remote_code)
-        self.train_set, dropped = _encode(cfg, self.tokenizer, runs.read_split(Path(t.data), "train"), self.labels, "train.jsonl")
-        val_rows = runs.read_split(Path(t.data), "val")[: t.max_eval_examples]
-        self.val_set, _ = _encode(cfg, self.tokenizer, val_rows, self.labels, "val.jsonl")
-        if dropped:
-            console.print(f"[yellow]warning:[/] {dropped} training rows dropped: their prompt is longer than "
-                          f"max_length {t.max_length}")
-        device = models.device()
-        bf16 = models.use_bf16(t.precision, device)
-        # Sharing a prefix needs a KV cache, which activation checkpointing turns off.
-        self.ex = Exec(self.kind, device, bf16, self.tokenizer.pad_token_id, t.share_prefix and not t.gradient_checkpointing)
-        self.model = _build_model(cfg, self.base_path, self.kind, self.labels, self.tokenizer, device, bf16).to(device)
-        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        self.cfg, self.run_dir, self.objective, self.model, self.on_validate = cfg, run_dir, objective, model, on_validate
+        self.ex = objective.ex
+        self.ckpt_dir = ckpt_dir or run_dir / "checkpoints"
+        self.params = [p for p in model.parameters() if p.requires_grad]
         distributed.replicate(self.params)
         self.optimizer = models.optimizer(self.params, t.lr, t.weight_decay, self.ex.device)
         self._order: tuple[int, list[list[list[int]]]] = (-1, [])
         self.batches_per_epoch = len(self._epoch(0))
-        steps_per_epoch = math.ceil(self.batches_per_epoch / t.grad_accum)
-        self.total_steps = t.max_steps or max(1, math.ceil(t.epochs * steps_per_epoch))
+        self.steps_per_epoch = math.ceil(self.batches_per_epoch / t.grad_accum)
+        self.total_steps = t.max_steps or max(1, math.ceil(t.epochs * self.steps_per_epoch))
         from transformers import get_scheduler
 
         name = {"constant": "constant_with_warmup"}.get(t.schedule, t.schedule)
         self.scheduler = get_scheduler(name, self.optimizer, round(t.warmup * self.total_steps), self.total_steps)
-        self.state = _State()
-        self.dropped, self.interrupted = dropped, False
+        self.state = State()
+        self.interrupted = False
 
-    # ---- data order: a pure function of (seed, epoch), so a resumed run sees the same batches
     def _epoch(self, epoch: int) -> list[list[list[int]]]:
-        t = self.cfg.train
+        # Batches of the global micro-batch size: the order does not depend on the process count.
         if self._order[0] != epoch:
-            # Batches of the global micro-batch size: the order does not depend on the process count.
-            batches = epoch_batches(self.train_set, t.batch_size * distributed.world(), self.cfg.seed * 100_003 + epoch,
-                                    packing=t.packing and self.kind == "lm", group_by_length=t.group_by_length,
-                                    max_length=t.max_length)
-            self._order = (epoch, batches)
+            self._order = (epoch, self.objective.epoch(epoch, self.cfg.train.batch_size * distributed.world()))
         return self._order[1]
 
-    # ---- the loop
-    def fit(self) -> TrainResult:
-        """Train until max steps, the epochs, or early stopping; then write the model and summary."""
-        t, s = self.cfg.train, self.state
-        started = time.perf_counter()
-        with self._progress() as bar, self._sigint():
-            task = bar.add_task("training", total=self.total_steps, completed=s.step, loss=float("nan"), tps=0.0)
+    def fit(self) -> State:
+        """Train until max steps, the epochs, or early stopping; end with the best weights loaded.
+
+        With several processes, each takes its share of every micro-batch; the loss is the mean over
+        every process's units and the summed gradients are those of the whole global batch.
+        """
+        t, s, obj = self.cfg.train, self.state, self.objective
+        desc = "training" if obj.phase is None else obj.phase.upper()
+        with track(desc, self.total_steps, console, completed=s.step, disable=not distributed.is_main()) as progress, self._sigint():
             while s.step < self.total_steps and not s.stopped:
                 batches = self._epoch(s.epoch)
                 group = batches[s.batch_in_epoch : s.batch_in_epoch + t.grad_accum]
-                cpu = time.process_time()
+                started, cpu = time.perf_counter(), time.process_time()
                 distributed.seed_step(self.cfg.seed, s.step)
-                loss, tokens, seconds = self._step(distributed.shard_group(group))
+                micro = [obj.batch(rows) for rows in distributed.shard_group(group)]
+                n = int(distributed.sum_values(sum(obj.count(b) for b in micro))[0])
+                total, sums = 0.0, {}
+                for batch in micro:
+                    with self.ex.autocast():
+                        loss, extra = obj.loss_sum(self.model, batch)
+                        loss = loss / n
+                    loss.backward()
+                    total += float(loss.detach())
+                    sums = {k: sums.get(k, 0.0) + v for k, v in extra.items()}
+                distributed.sum_grads(self.params)
+                if t.max_grad_norm:
+                    torch.nn.utils.clip_grad_norm_(self.params, t.max_grad_norm)
+                self.optimizer.step()
+                self.scheduler.step()
+                self.optimizer.zero_grad(set_to_none=True)
+                total, tokens, *values = distributed.sum_values(total, sum(int(b["n_tokens"]) for b in micro), *sums.values())
+                seconds = time.perf_counter() - started
                 s.train_cpu_seconds += time.process_time() - cpu
-                s.step += 1
-                s.batch_in_epoch += len(group)
-                s.tokens_seen += tokens
-                s.train_seconds += seconds
-                self._log({"kind": "train", "step": s.step, "epoch": round(s.epoch + s.batch_in_epoch / len(batches), 4),
-                           "loss": loss, "lr": self.scheduler.get_last_lr()[0], "tokens_per_s": tokens / seconds})
-                bar.update(task, completed=s.step, loss=loss, tps=tokens / seconds)
+                s.step, s.batch_in_epoch = s.step + 1, s.batch_in_epoch + len(group)
+                s.tokens_seen, s.loss_tokens, s.train_seconds = s.tokens_seen + int(tokens), s.loss_tokens + n, s.train_seconds + seconds
+                self._log("train", {"step": s.step, "epoch": round(s.epoch + s.batch_in_epoch / len(batches), 4), "loss": total,
+                                    **{k: v / n for k, v in zip(sums, values)}, "lr": self.scheduler.get_last_lr()[0],
+                                    "tokens_per_s": tokens / seconds})
+                progress(s.step, loss=total, **{"tok/s": tokens / seconds})
                 self._after_step(epoch_done=s.batch_in_epoch >= len(batches))
-        return self._finish(time.perf_counter() - started)
-
-    def _step(self, group: list[list[list[int]]]) -> tuple[float, int, float]:
-        """One optimizer step over a few micro-batches; the loss is the mean over all their loss tokens.
-
-        With several processes, `group` is this process's share, the mean is over every process's
-        loss tokens, and the summed gradients are those of the whole global batch.
-        """
-        t0 = time.perf_counter()
-        micro = [self.ex.batch(self.train_set, rows) for rows in group]
-        n_loss = int(distributed.sum_values(sum(losses.n_loss(b) for b in micro))[0])
-        total = 0.0
-        for batch in micro:
-            with self.ex.autocast():
-                loss = loss_sum(self.model, batch, self.kind) / n_loss
-            loss.backward()
-            total += float(loss.detach())
-        distributed.sum_grads(self.params)
-        if self.cfg.train.max_grad_norm:
-            torch.nn.utils.clip_grad_norm_(self.params, self.cfg.train.max_grad_norm)
-        self.optimizer.step()
-        self.scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        self.state.loss_tokens += n_loss
-        total, tokens = distributed.sum_values(total, sum(int(b["n_tokens"]) for b in micro))
-        return total, int(tokens), time.perf_counter() - t0
+        if distributed.is_main() and s.stopped != "interrupted":
+            checkpoint.load_weights(self.model, self.ckpt_dir / f"best-{s.best_step:06d}", t.method)
+        return s
 
     def _after_step(self, epoch_done: bool) -> None:
         t, s = self.cfg.train, self.state
         if epoch_done:
             s.epoch, s.batch_in_epoch = s.epoch + 1, 0
         last = s.step >= self.total_steps
-        if s.step % t.eval_every == 0 or epoch_done or last:
+        if s.step % t.eval_every == 0 or (epoch_done and self.objective.validate_each_epoch) or last:
             self._validate()
         if distributed.any_true(self.interrupted):  # every process stops after the same step
             s.stopped = "interrupted"
@@ -244,11 +234,12 @@ class _Trainer:
 
     def _validate(self) -> None:
         t, s = self.cfg.train, self.state
-        val = mean_loss(self.model, self.val_set, t.batch_size, self.ex)
+        metrics = self.objective.validate(self.model)
+        val = metrics["loss"]
         s.last_val_step = s.step
-        self._log({"kind": "val", "step": s.step, "epoch": round(s.epoch + s.batch_in_epoch / self.batches_per_epoch, 4), "loss": val})
+        self._log("val", {"step": s.step, "epoch": round(s.epoch + s.batch_in_epoch / self.batches_per_epoch, 4), **metrics})
         if val < s.best_val_loss:
-            s.best_val_loss, s.best_step, s.bad_evals = val, s.step, 0
+            s.best_val_loss, s.best_step, s.bad_evals, s.best = val, s.step, 0, metrics
             if distributed.is_main():
                 checkpoint.atomic_dir(self.ckpt_dir / f"best-{s.step:06d}", lambda d: checkpoint.save_weights(self.model, d, t.method))
         else:
@@ -277,27 +268,23 @@ class _Trainer:
         if not steps:
             return False
         progress = checkpoint.load(steps[-1], self.model, self.optimizer, self.scheduler, self.cfg.train.method)
-        self.state = _State(**progress)
+        self.state = State(**progress)
         if self.state.stopped == "interrupted":
             self.state.stopped = ""
         if distributed.is_main():
             for stale in checkpoint.step_dirs(self.ckpt_dir, "best"):  # written after the checkpoint: will be redone
                 if checkpoint.step_of(stale) > self.state.step:
                     shutil.rmtree(stale)
-            # Lines written after the checkpoint belong to steps that will be trained again.
-            runs.rewrite_metrics(self.run_dir, lambda r: r["step"] <= self.state.step)
+            # Records written after the checkpoint belong to steps that will be trained again.
+            phase, step = self.objective.phase, self.state.step
+            runs.rewrite_metrics(self.run_dir, lambda r: r.get("phase") != phase or r["step"] <= step)
         return True
 
-    def _log(self, record: dict[str, Any]) -> None:
+    def _log(self, kind: str, record: dict[str, Any]) -> None:
         if distributed.is_main():
-            runs.append_metrics(self.run_dir, record)
-
-    def _progress(self) -> Progress:
-        return Progress(
-            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("loss {task.fields[loss]:.4f}"), TextColumn("{task.fields[tps]:,.0f} tok/s"),
-            TimeRemainingColumn(), console=console, disable=not distributed.is_main(),
-        )
+            phase = self.objective.phase
+            runs.append_metrics(self.run_dir, {"kind": kind} | record if phase is None else
+                                {"phase": phase, "kind": f"{phase}_{kind}"} | record)
 
     @contextlib.contextmanager
     def _sigint(self) -> Iterator[None]:
@@ -310,35 +297,105 @@ class _Trainer:
         with distributed.on_sigint(handler) as previous:
             yield
 
-    def _finish(self, wall: float) -> TrainResult:
+    def info(self) -> dict[str, Any]:
+        """Steps, stop reason, best validation, throughput and the machine: the summary both objectives share."""
         s, t = self.state, self.cfg.train
-        if s.stopped == "interrupted":
-            raise TuneloopError(f"interrupted at step {s.step}; checkpoint saved, continue with `tuneloop train --resume {self.run_dir}`")
         info = {
-            "task": self.cfg.task, "kind": self.kind, "method": t.method, "base": str(self.base_path),
-            "steps": s.step, "epochs": round(s.step / max(1, math.ceil(self.batches_per_epoch / t.grad_accum)), 3),
+            "steps": s.step, "epochs": round(s.step / max(1, self.steps_per_epoch), 3),
             "stopped": s.stopped or ("max_steps" if t.max_steps else "epochs"),
-            "best_val_loss": s.best_val_loss, "best_step": s.best_step, "train_examples": len(self.train_set),
-            "dropped_examples": self.dropped, "tokens_seen": s.tokens_seen, "loss_tokens": s.loss_tokens,
+            "best_val_loss": s.best_val_loss, "best_step": s.best_step,
+            "tokens_seen": s.tokens_seen, "loss_tokens": s.loss_tokens,
             "tokens_per_s": s.tokens_seen / max(s.train_seconds, 1e-9), "train_seconds": s.train_seconds,
-            "train_cpu_seconds": s.train_cpu_seconds,
-            "wall_seconds": wall, "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "train_cpu_seconds": s.train_cpu_seconds, "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             "bf16": self.ex.bf16, "device": str(self.ex.device), "attention": core(self.model).config._attn_implementation,
             "processes": distributed.world(),
         }
         if self.ex.device.type == "cuda":
             info["peak_gpu_mib"] = torch.cuda.max_memory_allocated() / 2**20
-        if distributed.is_main():
-            checkpoint.load_weights(self.model, self.ckpt_dir / f"best-{s.best_step:06d}", t.method)
-            self._write_model()
-            (self.run_dir / "train_summary.json").write_text(json.dumps(info, indent=1))
-        distributed.barrier()  # the model is written when any process returns
-        return _result(self.run_dir, info)
+        return info
 
-    def _write_model(self) -> None:
-        meta = {"kind": self.kind, "method": self.cfg.train.method, "labels": self.labels, "base": str(self.base_path),
-                "task": self.cfg.task, "best_step": self.state.best_step}
-        runs.write_model(self.run_dir, self.model, self.tokenizer, meta)
+
+# ---------------------------------------------------------------- supervised fine-tuning
+
+
+def _resolve_task(cfg: RunConfig, manifest: dict[str, Any]) -> RunConfig:
+    """The data decides the task: the manifest's task wins over the config default."""
+    task = manifest.get("task") or cfg.task
+    if "task" in cfg.model_fields_set and cfg.task != task:
+        console.print(f"[yellow]warning:[/] task {cfg.task} given, but the data was prepared for {task}; training {task}")
+    if task == "classify" and not manifest.get("labels"):
+        raise TuneloopError("manifest.json has no labels for a classify task; re-run `tuneloop prepare --task classify`")
+    cfg = cfg.model_copy(deep=True)
+    cfg.task = task
+    return cfg
+
+
+def _encode(cfg: RunConfig, tokenizer: Any, rows: list[dict], labels: list[str] | None, source: str) -> tuple[list[Encoded], int]:
+    return encode_rows(
+        rows, tokenizer, task=cfg.task, kind=runs.model_kind(cfg), max_length=cfg.train.max_length, labels=labels,
+        system_prompt=cfg.train.system_prompt, source=source,
+    )
+
+
+@dataclass
+class SftRun:
+    """An SFT run set up: the trainer, and what its summary and model metadata need."""
+
+    trainer: Trainer
+    objective: Sft
+    tokenizer: Any
+    labels: list[str] | None
+    base_path: Path | str
+    dropped: int
+
+
+def sft_trainer(cfg: RunConfig, run_dir: Path, on_validate: OnValidate | None = None) -> SftRun:
+    """Set up SFT from a resolved config: data encoded, the base model prepared (LoRA or full), the loop built.
+
+    With LoRA and bf16 the frozen base weights are stored in bf16 (no cast in every matmul, half the
+    memory); what trains (adapters, a new head) stays fp32 for the optimizer.
+    """
+    models.quiet_transformers()
+    t = cfg.train
+    distributed.set_threads(t.threads)
+    kind = runs.model_kind(cfg)
+    labels = runs.read_manifest(Path(t.data)).get("labels") if cfg.task == "classify" else None
+    base_path = models.resolve(cfg.base, task=cfg.task, classify_as=t.classify_as)
+    tokenizer = models.load_tokenizer(base_path, cfg.trust_remote_code)
+    train_set, dropped = _encode(cfg, tokenizer, runs.read_split(Path(t.data), "train"), labels, "train.jsonl")
+    val_set, _ = _encode(cfg, tokenizer, runs.read_split(Path(t.data), "val")[: t.max_eval_examples], labels, "val.jsonl")
+    if dropped:
+        console.print(f"[yellow]warning:[/] {dropped} training rows dropped: their prompt is longer than max_length {t.max_length}")
+    device = models.device()
+    bf16 = models.use_bf16(t.precision, device)
+    torch.manual_seed(cfg.seed)  # a new head and the LoRA init depend on it
+    lora = t.method == "lora"
+    model = models.load_model(
+        base_path, kind, labels=labels, pad_token_id=tokenizer.pad_token_id, trust_remote_code=cfg.trust_remote_code,
+        dtype=torch.bfloat16 if lora and bf16 else torch.float32,
+        attn_implementation=models.attention(device, t.max_length, t.batch_size, base_path, t.attention),
+    )
+    model = models.for_training(model, lora=t.lora if lora else None, kind=kind, base=cfg.base, bf16=bf16,
+                                gradient_checkpointing=t.gradient_checkpointing).to(device)
+    # Sharing a prefix needs a KV cache, which activation checkpointing turns off.
+    ex = Exec(kind, device, bf16, tokenizer.pad_token_id, t.share_prefix and not t.gradient_checkpointing)
+    objective = Sft(cfg, kind, train_set, val_set, ex)
+    return SftRun(Trainer(cfg, run_dir, objective, model, on_validate=on_validate), objective, tokenizer, labels, base_path, dropped)
+
+
+def _finish(sft: SftRun, wall: float) -> TrainResult:
+    trainer, s, cfg = sft.trainer, sft.trainer.state, sft.trainer.cfg
+    if s.stopped == "interrupted":
+        raise TuneloopError(f"interrupted at step {s.step}; checkpoint saved, continue with `tuneloop train --resume {trainer.run_dir}`")
+    info = {"task": cfg.task, "kind": sft.objective.kind, "method": cfg.train.method, "base": str(sft.base_path),
+            **trainer.info(), "train_examples": len(sft.objective.train_set), "dropped_examples": sft.dropped, "wall_seconds": wall}
+    if distributed.is_main():
+        meta = {"kind": sft.objective.kind, "method": cfg.train.method, "labels": sft.labels, "base": str(sft.base_path),
+                "task": cfg.task, "best_step": s.best_step}
+        runs.write_model(trainer.run_dir, trainer.model, sft.tokenizer, meta)
+        (trainer.run_dir / "train_summary.json").write_text(json.dumps(info, indent=1))
+    distributed.barrier()  # the model is written when any process returns
+    return _result(trainer.run_dir, info)
 
 
 def _result(run_dir: Path, info: dict[str, Any]) -> TrainResult:
@@ -425,18 +482,17 @@ def _fit(cfg: RunConfig, run_dir: Path, on_validate: OnValidate | None, resuming
     if distributed.needs_launch(cfg.train.nproc):
         distributed.launch(cfg.train.nproc, _fit_launched, (cfg, run_dir, resuming))
         return _result(run_dir, json.loads((run_dir / "train_summary.json").read_text()))
-    trainer = _Trainer(cfg, run_dir, on_validate)
-    if not resuming:
-        return trainer.fit()
-    if trainer.restore():
-        console.print(f"resuming {run_dir} at step {trainer.state.step}")
-    elif distributed.is_main():
+    sft = sft_trainer(cfg, run_dir, on_validate)
+    if resuming and sft.trainer.restore():
+        console.print(f"resuming {run_dir} at step {sft.trainer.state.step}")
+    elif resuming and distributed.is_main():
         (run_dir / "metrics.jsonl").unlink(missing_ok=True)
-    return trainer.fit()
+    started = time.perf_counter()
+    sft.trainer.fit()
+    return _finish(sft, time.perf_counter() - started)
 
 
 def _fit_launched(cfg: RunConfig, run_dir: Path, resuming: bool) -> None:
     """What each process started by `_fit` runs (module level, so that it can be pickled)."""
     _join(cfg, None)
     _fit(cfg, run_dir, None, resuming)
-
