@@ -4,19 +4,14 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import shutil
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from tiny import write_data
+from tiny import kill_cli_when, write_data
 from tuneloop import dpo, losses, models, runs, train
 from tuneloop.config import DpoConfig, load_config
 from tuneloop.encode import IGNORE, collate
@@ -251,15 +246,7 @@ def test_dpo_resumes_after_sigkill_as_if_never_stopped(tiny_llama: Path, gen_dat
         "train.dpo.save_every": 5, "train.dpo.eval_every": 10, "train.dpo.lr": 1e-2})
     killed, whole = Path(shutil.copytree(sft, tmp_path / "killed")), Path(shutil.copytree(sft, tmp_path / "whole"))
     pairs = _write(tmp_path / "pairs.jsonl", _gen_pairs(gen_data, 16))
-    cmd = [sys.executable, "-c", "from tuneloop.cli import main; main()", "dpo", str(killed), "--pairs", str(pairs)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**os.environ, "PYTHONPATH": os.getcwd()})
-    deadline = time.time() + 240
-    while not (killed / "dpo" / "checkpoints" / "step-000010").exists():
-        assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
-        assert time.time() < deadline, "no DPO checkpoint within 4 minutes"
-        time.sleep(0.005)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    kill_cli_when(["dpo", str(killed), "--pairs", str(pairs)], killed / "dpo" / "checkpoints" / "step-000010")
     assert not (killed / "dpo_summary.json").exists(), "DPO finished before it was killed"
     resumed, reference = dpo.run(killed, pairs), dpo.run(whole, pairs)
     assert resumed.steps == reference.steps == 24  # 16 pairs, 4 a step, 6 epochs

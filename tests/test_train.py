@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -15,7 +14,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from tiny import write_data
+from tiny import kill_cli_when, write_data
 from tuneloop import runs, train
 from tuneloop.config import RunConfig, load_config
 from tuneloop.errors import TuneloopError
@@ -132,15 +131,7 @@ def test_resume_after_sigkill_equals_uninterrupted(tiny_llama: Path, gen_data: P
     killed, whole = tmp_path / "killed", tmp_path / "whole"
     config = tmp_path / "run.yaml"
     config.write_text(yaml.safe_dump({**settings, "train": {**settings["train"], "out": str(killed)}}))
-    cmd = [sys.executable, "-c", "from tuneloop.cli import main; main()", "train", "-c", str(config)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**os.environ, "PYTHONPATH": os.getcwd()})
-    deadline = time.time() + 240
-    while not (killed / "checkpoints" / "step-000030").exists():
-        assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
-        assert time.time() < deadline, "no checkpoint within 4 minutes"
-        time.sleep(0.005)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    kill_cli_when(["train", "-c", str(config)], killed / "checkpoints" / "step-000030")
     assert not (killed / "train_summary.json").exists(), "the run finished before it was killed"
     resumed = train.resume(killed)
     reference = train.run(load_config(config, {"train.out": whole}))

@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
 import random
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Literal
 
@@ -46,3 +51,16 @@ def write_data(out: Path, task: Literal["classify", "generate"], n_train: int = 
     manifest = {"task": task, "labels": ["negative", "positive"] if task == "classify" else None, "counts": sizes}
     (out / "manifest.json").write_text(json.dumps(manifest))
     return out
+
+
+def kill_cli_when(args: list[str], marker: Path, timeout: float = 240) -> None:
+    """Run `tuneloop ARGS` in a child process and SIGKILL it as soon as `marker` exists (a checkpoint)."""
+    cmd = [sys.executable, "-c", "from tuneloop.cli import main; main()", *args]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**os.environ, "PYTHONPATH": os.getcwd()})
+    deadline = time.time() + timeout
+    while not marker.exists():
+        assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+        assert time.time() < deadline, f"no {marker.name} within {timeout:.0f} s"
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
