@@ -29,6 +29,7 @@ from tuneloop.serve.guard import Guard, install_error_handlers
 from tuneloop.serve.models import ModelHolder, ServedModel, load_initial
 from tuneloop.serve.schemas import ApiError, ChatRequest, ClassifyRequest, FeedbackRequest
 from tuneloop.serve.settings import ServeSettings
+from tuneloop.store.predictions import PredictionLog, chat_row, classify_rows
 
 log = logging.getLogger("tuneloop.serve")
 
@@ -40,6 +41,7 @@ class _State:
     store: Any  # tuneloop.feedback.FeedbackStore
     batcher: Batcher
     started: float
+    predlog: Any = None  # tuneloop.store.predictions.PredictionLog
 
 
 def _state(request: Request) -> _State:
@@ -114,7 +116,8 @@ async def health(request: Request) -> dict[str, Any]:
             "uptime_s": round(time.time() - st.started, 1), "loaded_at": int(served.loaded_at),
             "swaps": st.holder.swaps, "last_reload_error": st.holder.last_error,
             "batching": st.settings.batching, "max_batch": st.batcher.max_batch, "queued": st.batcher.queued,
-            "recent_mean_batch": round(sum(calls) / len(calls), 2) if (calls := st.batcher.calls) else None}
+            "recent_mean_batch": round(sum(calls) / len(calls), 2) if (calls := st.batcher.calls) else None,
+            "prediction_log": st.predlog.status() if st.predlog else None}
 
 
 @api.get("/v1/models")
@@ -185,15 +188,17 @@ async def chat_completions(body: ChatRequest, request: Request) -> dict[str, Any
     served = st.holder.current  # this request runs on this model even if a new one is swapped in meanwhile
     if served.task != "generate":
         raise _wrong_task(served, "chat completions")
+    started = time.perf_counter()
     row = _chat_row(st, served, body)
     client = _admit(st, request, 1)
     rid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
     if body.stream:
-        return StreamingResponse(_stream(st, served, body, row, rid, created, client), media_type="text/event-stream",
+        return StreamingResponse(_stream(st, served, body, row, rid, created, client, started), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache"})
     out = await st.batcher.submit(("chat", served), row, client=client)
     response = _completion(rid, served, created, out)
     await _record(st, served, "chat", body.model_dump(exclude_none=True), response, rid)
+    _log_chat(st, served, body, response, started)
     return response
 
 
@@ -202,7 +207,7 @@ def _sse(obj: Any) -> str:
 
 
 async def _stream(st: _State, served: ServedModel, body: ChatRequest, row: ChatRow, rid: str,
-                  created: int, client: Hashable) -> AsyncIterator[str]:
+                  created: int, client: Hashable, started: float) -> AsyncIterator[str]:
     """Chunks as the model thread produces text; the record of the full answer is stored before [DONE]."""
     loop, pieces = asyncio.get_running_loop(), asyncio.Queue()
     row.emit = lambda text: loop.call_soon_threadsafe(pieces.put_nowait, text)
@@ -232,6 +237,7 @@ async def _stream(st: _State, served: ServedModel, body: ChatRequest, row: ChatR
         else:
             full = _completion(rid, served, created, out)
             await _record(st, served, "chat", body.model_dump(exclude_none=True), full, rid)
+            _log_chat(st, served, body, full, started)
             yield chunk({}, out.finish_reason)
             if body.stream_options and body.stream_options.include_usage:
                 yield _sse({"id": rid, "object": "chat.completion.chunk", "created": created, "model": served.name,
@@ -245,6 +251,7 @@ async def _stream(st: _State, served: ServedModel, body: ChatRequest, row: ChatR
 async def classify_texts(body: ClassifyRequest, request: Request) -> dict[str, Any]:
     """Labels and per-label probabilities for a batch of texts."""
     st = _state(request)
+    started = time.perf_counter()
     served = st.holder.current
     if served.task != "classify":
         raise _wrong_task(served, "classification")
@@ -261,7 +268,23 @@ async def classify_texts(body: ClassifyRequest, request: Request) -> dict[str, A
     response = {"id": rid, "object": "classification", "created": int(time.time()), "model": served.name,
                 "data": [{"index": i, **r} for i, r in enumerate(results)]}
     await _record(st, served, "classify", body.model_dump(exclude_none=True), response, rid)
+    if st.predlog:
+        st.predlog.log(classify_rows(response_id=rid, model=served.name, version=served.run_dir.name, texts=texts,
+                                     results=results, latency_ms=_ms(started), metadata=body.metadata))
     return response
+
+
+def _ms(started: float) -> float:
+    return round((time.perf_counter() - started) * 1000, 3)
+
+
+def _log_chat(st: _State, served: ServedModel, body: ChatRequest, response: dict[str, Any], started: float) -> None:
+    """Queue the prediction-log row of a chat answer (never blocks, never fails the request)."""
+    if st.predlog:
+        st.predlog.log([chat_row(response_id=response["id"], model=served.name, version=served.run_dir.name,
+                                 messages=[m.as_template_message() for m in body.messages],
+                                 answer=response["choices"][0]["message"]["content"], usage=response["usage"],
+                                 latency_ms=_ms(started), metadata=body.metadata)])
 
 
 async def _record(st: _State, served: ServedModel, kind: str, request: dict, response: dict, rid: str) -> None:
@@ -321,7 +344,9 @@ def create_app(settings: ServeSettings) -> FastAPI:
     batcher = Batcher(_run_batch, max_batch=settings.max_batch if settings.batching else 1,
                       wait_s=settings.batch_wait_ms / 1000, max_cost=settings.max_batch_tokens)
     store = FeedbackStore(settings.feedback_db, retention_days=settings.feedback_retention_days)
-    state = _State(settings, holder, store, batcher, time.time())
+    predlog = PredictionLog(settings.log_db or settings.feedback_db, inputs=settings.log_inputs,
+                            retention_days=settings.log_retention_days, max_rows=settings.log_max_rows)
+    state = _State(settings, holder, store, batcher, time.time(), predlog)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -332,6 +357,7 @@ def create_app(settings: ServeSettings) -> FastAPI:
             watcher.cancel()
         await batcher.stop()
         state.store.close()
+        predlog.close()
 
     app = FastAPI(title="tuneloop", summary="OpenAI-compatible API of a model fine-tuned with tuneloop",
                   lifespan=lifespan)

@@ -96,6 +96,12 @@ class ResponseFormat(_Strict):
     json_schema: dict[str, Any] | None = None
 
 
+#: A client's labels for a request, kept in the prediction log: strings, or one level of string maps.
+Metadata = dict[Text, Text | dict[Text, Text]]
+METADATA_DOC = ('Stored with the prediction log, e.g. {"group": {"gender": "f"}}: `tuneloop monitor` reports '
+                "live metrics per group.")
+
+
 class ChatRequest(_Strict):
     """POST /v1/chat/completions (the OpenAI parameters this server implements).
 
@@ -127,7 +133,7 @@ class ChatRequest(_Strict):
     tool_choice: Literal["none", "auto"] | None = Field(None, description='"none" or "auto" (there are no tools to call).')
     parallel_tool_calls: bool | None = Field(None, description="Accepted and ignored (there are no tools).")
     store: bool | None = Field(None, description="Accepted; the server records every response so that it can be rated.")
-    metadata: dict[Text, Text] | None = Field(None, description="Accepted and ignored.")
+    metadata: Metadata | None = Field(None, description=METADATA_DOC)
 
     @model_validator(mode="after")
     def _supported(self) -> ChatRequest:
@@ -160,6 +166,7 @@ class ClassifyRequest(_Strict):
     model: Text | None = Field(None, description="Accepted and ignored: the server serves one model.")
     input: Text | list[Text] | None = None
     texts: list[Text] | None = None
+    metadata: Metadata | None = Field(None, description=METADATA_DOC)
 
     @model_validator(mode="after")
     def _one_of(self) -> ClassifyRequest:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import ipaddress
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -25,6 +25,12 @@ class ServeSettings(BaseModel):
     registry: str | None = Field(None, description="Registry URL (default: $TUNELOOP_REGISTRY or sqlite:///runs/registry.db).")
     feedback_db: str | Path = Field(FeedbackConfig().db, description="Where responses and feedback are stored: a SQLite file or a postgresql:// URL.")
     feedback_retention_days: float | None = Field(FeedbackConfig().retention_days, gt=0, description="Delete stored responses nobody rated after this many days.")
+    log_db: str | Path | None = Field(None, description="Prediction log (every answer, for `tuneloop monitor`): a SQLite file or a "
+                                      "postgresql:// URL (default: the feedback database).")
+    log_inputs: Literal["redacted", "hash", "none"] = Field("redacted", description="What the prediction log keeps of each input: "
+                                                           "the text with personal data redacted, only its SHA-256, or nothing.")
+    log_retention_days: float | None = Field(30.0, gt=0, description="Delete logged predictions after this many days (None: keep).")
+    log_max_rows: int | None = Field(1_000_000, gt=0, description="Keep at most this many logged predictions (the oldest go first).")
     host: str = Field("127.0.0.1", description="Interface to listen on.")
     port: int = Field(8000, ge=0, le=65535, description="TCP port (0: any free port).")
     api_keys: list[str] = Field(default_factory=list, description=f"Accepted bearer keys; ${API_KEYS_ENV} (comma-separated) adds more.")
