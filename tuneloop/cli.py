@@ -15,7 +15,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from tuneloop.config import RunConfig, load_config
+from tuneloop.config import RunConfig, load_config, parse_sets
 from tuneloop.errors import TuneloopError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True)
@@ -24,6 +24,8 @@ err_console = Console(stderr=True)
 _debug = False
 
 ConfigOpt = typer.Option(None, "--config", "-c", help="YAML run config; options given here override it.")
+SetOpt = typer.Option(None, "--set", metavar="FIELD=VALUE",
+                      help="Set any config field by dotted name, e.g. --set train.warmup=0.1 (repeatable; the value is YAML).")
 
 
 @app.callback()
@@ -35,8 +37,9 @@ def _root(debug: bool = typer.Option(False, "--debug", help="Show stack traces o
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 
-def _config(path: Optional[Path], overrides: dict[str, Any]) -> RunConfig:
-    return load_config(path, overrides)
+def _config(path: Optional[Path], overrides: dict[str, Any], sets: Optional[list[str]]) -> RunConfig:
+    # --set wins over the named options, which win over the file.
+    return load_config(path, {**overrides, **parse_sets(sets)})
 
 
 @app.command()
@@ -64,6 +67,7 @@ def prepare(
     max_tokens: Optional[int] = typer.Option(None, help="Reject rows longer than this many tokens."),
     tokenizer: Optional[str] = typer.Option(None, help="Base model whose tokenizer measures lengths."),
     seed: Optional[int] = typer.Option(None, help="Seed for the split."),
+    sets: Optional[list[str]] = SetOpt,
 ) -> None:
     """Validate, clean, redact, deduplicate and split data into train/val/test."""
     from tuneloop import data as data_stage
@@ -77,7 +81,7 @@ def prepare(
         "prepare.max_tokens": max_tokens, "prepare.tokenizer": tokenizer, "prepare.near_dup_ngram": near_dup_ngram,
         "prepare.near_dup_num_perm": near_dup_num_perm, "prepare.label_conflicts": label_conflicts,
         "prepare.pii_region": pii_region,
-    })
+    }, sets)
     result = data_stage.run(cfg)
     console.print(result.summary())
 
@@ -109,11 +113,14 @@ def train(
     seed: Optional[int] = typer.Option(None, help="Seed for everything."),
     nproc: Optional[int] = typer.Option(None, help="Data-parallel processes (DDP); global batch = batch_size x grad_accum x nproc."),
     resume: Optional[Path] = typer.Option(None, help="Continue the run in this folder from its last checkpoint."),
+    sets: Optional[list[str]] = SetOpt,
 ) -> None:
     """Fine-tune a base model (LoRA or full) with validation, early stopping and checkpoints."""
     from tuneloop import train as train_stage
 
     if resume is not None:
+        if sets:
+            raise TuneloopError(f"--set with --resume: a resumed run keeps the config it started with ({resume}/config.yaml)")
         result = train_stage.resume(resume)
     else:
         cfg = _config(config, {
@@ -124,7 +131,7 @@ def train(
             "train.packing": packing, "train.gradient_checkpointing": gradient_checkpointing, "train.attention": attention,
             "train.eval_every": eval_every, "train.patience": patience, "train.save_every": save_every,
             "train.nproc": nproc,
-        })
+        }, sets)
         result = train_stage.run(cfg)
     from tuneloop import distributed
 
@@ -146,6 +153,7 @@ def eval_(
     metric: Optional[str] = typer.Option(None, help="Headline metric: auto, macro_f1, accuracy, token_f1, rouge_l, semantic, exact_match, loss."),
     semantic_model: Optional[str] = typer.Option(None, help="Sentence encoder for semantic similarity (folder or `minilm`)."),
     judge_url: Optional[str] = typer.Option(None, help="OpenAI-compatible endpoint (…/v1) of a pairwise judge (generate)."),
+    sets: Optional[list[str]] = SetOpt,
 ) -> None:
     """Evaluate tuned vs base (zero-shot and k-shot) vs TF-IDF on held-out data; write metrics, predictions, report."""
     from tuneloop import evaluate
@@ -153,7 +161,7 @@ def eval_(
     result = evaluate.run(run, config, {
         "eval.data": data, "eval.base_too": base_too, "eval.baseline": baseline, "eval.batch_size": batch_size,
         "eval.max_new_tokens": max_new_tokens, "eval.max_examples": max_examples, "eval.shots": shots,
-        "eval.metric": metric, "eval.semantic_model": semantic_model, "eval.judge_url": judge_url,
+        "eval.metric": metric, "eval.semantic_model": semantic_model, "eval.judge_url": judge_url, **parse_sets(sets),
     })
     console.print(result.summary())
 
@@ -170,6 +178,7 @@ def fairness(
     benchmark: Optional[str] = typer.Option(None, help="crows_pairs or none."),
     max_examples: Optional[int] = typer.Option(None, help="Audit at most this many test examples."),
     if_not_assessed: Optional[str] = typer.Option(None, help="warn or block when no check can be made."),
+    sets: Optional[list[str]] = SetOpt,
 ) -> None:
     """Audit bias (group metrics, counterfactual swaps, CrowS-Pairs); exit 1 when a threshold fails (or nothing could be checked, with block)."""
     from tuneloop import fairness as fairness_stage
@@ -177,7 +186,7 @@ def fairness(
     result = fairness_stage.run(run, config, {
         "fairness.data": data, "fairness.attributes": attribute or None, "fairness.terms": terms,
         "fairness.base_too": base_too, "fairness.against": against, "fairness.benchmark": benchmark,
-        "fairness.max_examples": max_examples, "fairness.if_not_assessed": if_not_assessed,
+        "fairness.max_examples": max_examples, "fairness.if_not_assessed": if_not_assessed, **parse_sets(sets),
     })
     console.print(result.summary())
     if result.status == "failed":
@@ -200,6 +209,7 @@ def tune(
     storage: Optional[str] = typer.Option(None, help="Optuna storage URL shared by workers (default: SQLite in --out)."),
     refit: Optional[bool] = typer.Option(None, "--refit/--no-refit", help="Retrain the best config on train+val."),
     seed: Optional[int] = typer.Option(None, help="Seed for the sampler and the trials."),
+    sets: Optional[list[str]] = SetOpt,
 ) -> None:
     """Search learning rate, batch size, LoRA rank, epochs... with Optuna; keep the best run."""
     from tuneloop import tune as tune_stage
@@ -208,7 +218,7 @@ def tune(
         "seed": seed, "train.data": data, "tune.out": out, "tune.trials": trials, "tune.timeout": timeout,
         "tune.max_steps": max_steps, "tune.sampler": sampler, "tune.pruner": pruner, "tune.storage": storage,
         "tune.refit": refit,
-    })
+    }, sets)
     console.print(tune_stage.run(cfg).summary())
 
 
@@ -336,20 +346,15 @@ def feedback_export(
     db: Optional[str] = typer.Option(None, help="Feedback store: a SQLite file or a postgresql:// URL (default: feedback.db in the config, runs/feedback.db)."),
     data: Optional[Path] = typer.Option(None, help="Prepared folder: skip examples already in its train/val, never leak its test."),
     task: Optional[str] = typer.Option(None, help="classify or generate (default: the data's manifest, else the config)."),
+    sets: Optional[list[str]] = SetOpt,
 ) -> None:
     """Curate feedback into SFT/classification examples and DPO preference pairs."""
-    import json
+    from tuneloop import feedback, runs
 
-    from tuneloop import feedback
-
-    cfg = _config(config, {"task": task, "feedback.db": db})
-    manifest = json.loads((data / "manifest.json").read_text(encoding="utf-8")) if data and (data / "manifest.json").is_file() else {}
-    task_name = task or manifest.get("task") or cfg.task
-    splits = {name: data / f"{name}.jsonl" for name in ("train", "val", "test")} if data else {}
-    present = {name: [p] for name, p in splits.items() if p.is_file()}
-    result = feedback.export(cfg.feedback.db, out, task=task_name, cfg=cfg.feedback,
-                             existing=present.get("train", []) + present.get("val", []), test_files=present.get("test", []),
-                             labels=manifest.get("labels") if task_name == "classify" else None)
+    cfg = _config(config, {"task": task, "feedback.db": db}, sets)
+    prepared = runs.prepared_data(data, task, cfg.task)
+    result = feedback.export(cfg.feedback.db, out, task=prepared.task, cfg=cfg.feedback, existing=prepared.seen,
+                             test_files=prepared.held_out, labels=prepared.labels)
     console.print(result.summary())
 
 
@@ -359,11 +364,12 @@ def loop(
     registry: Optional[str] = RegistryOpt,
     feedback_db: Optional[str] = typer.Option(None, help="Feedback store the server writes, a file or URL (default: feedback.db in the config)."),
     out: Optional[Path] = typer.Option(None, help="Folder for the rounds (default: loop.out)."),
+    sets: Optional[list[str]] = SetOpt,
 ) -> None:
     """One round: feedback -> prepare -> train -> eval -> fairness -> gate -> promote or keep."""
     from tuneloop import loop as loop_stage
 
-    cfg = _config(config, {"loop.registry": registry, "feedback.db": feedback_db, "loop.out": out})
+    cfg = _config(config, {"loop.registry": registry, "feedback.db": feedback_db, "loop.out": out}, sets)
     console.print(loop_stage.run(cfg).summary())
 
 
@@ -375,6 +381,7 @@ def dpo(
     lr: Optional[float] = typer.Option(None, help="Peak learning rate (default train.dpo.lr)."),
     epochs: Optional[float] = typer.Option(None, help="Passes over the pairs."),
     undo: bool = typer.Option(False, "--undo", help="Put the SFT model (RUN/model_sft) back."),
+    sets: Optional[list[str]] = SetOpt,
 ) -> None:
     """Tune a trained run on preference pairs with DPO; the SFT model is kept in RUN/model_sft."""
     from tuneloop import dpo as dpo_stage
@@ -386,7 +393,7 @@ def dpo(
         raise TuneloopError("give --pairs FILE with preference pairs (or --undo)")
     from tuneloop.runs import load_run_config
 
-    cfg = load_run_config(run, None, {"train.dpo.beta": beta, "train.dpo.lr": lr, "train.dpo.epochs": epochs})
+    cfg = load_run_config(run, None, {"train.dpo.beta": beta, "train.dpo.lr": lr, "train.dpo.epochs": epochs, **parse_sets(sets)})
     console.print(dpo_stage.run(run, pairs, cfg.train.dpo).summary())
 
 

@@ -2,11 +2,12 @@
 
 One `RunConfig` describes a whole run; each stage reads its own section (`prepare`, `train`,
 `eval`) plus the shared top-level fields (`task`, `base`, `seed`). A YAML file is a saved config;
-the CLI overrides fields by their dotted name (`train.lr`), and the CLI wins.
+the CLI overrides fields by their dotted name (`--set train.lr=1e-4`), and the CLI wins.
 """
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -324,12 +325,52 @@ def _set_dotted(d: dict[str, Any], key: str, value: Any) -> None:
     d[parts[-1]] = value
 
 
+class _Null:
+    """The value of an override that sets a field to None (a plain None means "not given")."""
+
+    def __repr__(self) -> str:
+        return "null"
+
+
+NULL = _Null()
+_FIELD_NAME = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
+
+
+def parse_sets(items: list[str] | None) -> dict[str, Any]:
+    """Turn `--set FIELD=VALUE` options into overrides for `load_config`.
+
+    VALUE is read as YAML, as in a config file: `0.1`, `true`, `null`, `[q_proj, v_proj]`,
+    `{rule: value}`; anything else is a string. The fields are checked when the config is loaded,
+    with the same errors as a YAML file.
+
+    Raises:
+        TuneloopError: an item is not FIELD=VALUE, or VALUE is not valid YAML.
+
+    Example:
+        >>> parse_sets(["train.warmup=0.1", "train.max_steps=null", "train.lora.target_modules=[q_proj, v_proj]"])
+        {'train.warmup': 0.1, 'train.max_steps': null, 'train.lora.target_modules': ['q_proj', 'v_proj']}
+    """
+    out: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, text = item.partition("=")
+        key = key.strip()
+        if not sep or not _FIELD_NAME.fullmatch(key):
+            raise TuneloopError(f"--set {item!r}: expected FIELD=VALUE with a dotted field name, e.g. --set train.warmup=0.1")
+        try:
+            value = yaml.load(text, Loader=_ConfigLoader) if text.strip() else ""  # noqa: S506 (a SafeLoader subclass)
+        except (yaml.YAMLError, ValueError, RecursionError):
+            raise TuneloopError(f"--set {key}: the value {_clip(text, 60)!r} is not valid YAML; quote it to pass a string") from None
+        out[key] = NULL if value is None else value
+    return out
+
+
 def load_config(path: Path | str | None = None, overrides: dict[str, Any] | None = None) -> RunConfig:
     """Load a run config from YAML (optional) and apply CLI overrides by dotted name.
 
     Args:
         path: A YAML file with a saved config, or None for the defaults.
-        overrides: `{"train.lr": 1e-4, ...}`; None values mean "not given" and are skipped.
+        overrides: `{"train.lr": 1e-4, ...}`; None values mean "not given" and are skipped, `NULL`
+            sets a field to None (`parse_sets` makes both from `--set` options).
 
     Returns:
         The validated config.
@@ -345,7 +386,7 @@ def load_config(path: Path | str | None = None, overrides: dict[str, Any] | None
             raise TuneloopError(f"config file {p} must hold a mapping of fields, not {type(raw).__name__}")
     for key, value in (overrides or {}).items():
         if value is not None:
-            _set_dotted(raw, key, value)
+            _set_dotted(raw, key, None if value is NULL else value)
     try:
         return RunConfig.model_validate(raw)
     except ValidationError as e:

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel
 
-from tuneloop.config import RunConfig, load_config
+from tuneloop.config import NULL, RunConfig, load_config
 from tuneloop.errors import TuneloopError
 
 if TYPE_CHECKING:
@@ -107,6 +107,16 @@ class PreparedData:
     labels: list[str] | None
     splits: dict[str, Path]
 
+    @property
+    def seen(self) -> list[Path]:
+        """The train and val files: rows a model has already been fitted or tuned on."""
+        return [self.splits[s] for s in ("train", "val") if s in self.splits]
+
+    @property
+    def held_out(self) -> list[Path]:
+        """The test file, which nothing may leak into."""
+        return [self.splits["test"]] if "test" in self.splits else []
+
 
 def prepared_data(data_dir: Path | None, task: str | None, default_task: str) -> PreparedData:
     """The task, labels and split files of an optional prepared folder; an explicit `task` wins."""
@@ -186,7 +196,7 @@ def _fields_set(model: BaseModel, prefix: str = "") -> dict[str, Any]:
         if isinstance(value, BaseModel):
             out.update(_fields_set(value, f"{prefix}{name}."))
         else:
-            out[f"{prefix}{name}"] = value
+            out[f"{prefix}{name}"] = NULL if value is None else value  # the file set it to null: keep that
     return out
 
 
