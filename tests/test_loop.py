@@ -184,7 +184,7 @@ def test_a_generate_round_is_decided_by_the_paired_test(tiny_llama: Path, tmp_pa
     d = strong.decision
     assert d.decision == "promote", d.reasons
     assert d.test.test == "Wilcoxon signed-rank" and d.test.pvalue < 0.05 and d.test.ci_low > 0 and d.test.n == 24
-    assert {e.metric for e in d.evidence} >= {"token_f1", "rouge_l", "exact_match"}
+    assert {e.metric for e in d.evidence} == {"token_f1", "rouge_l", "semantic", "exact_match", "loss"}  # both models, every score
 
     cfg.train.lr *= 1.0001  # the same again, up to noise
     again = loop.run(cfg)

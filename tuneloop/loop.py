@@ -222,6 +222,11 @@ def _score_into(cfg: RunConfig, run_dir: Path, test: Path, out: Path) -> Path:
     t = load_test_set(run_dir, c, test, None)
     parser = LabelParser(t.labels, c.eval.synonyms) if t.labels else None
     system = predict_system(load_trained(run_dir), t.rows, c, t.labels, parser, "served model")
+    if c.task == "generate" and c.eval.semantic_model and system.texts is not None:  # as the candidate's eval has it
+        from tuneloop.evaluate.semantic import SentenceEncoder
+
+        references = [r["reference"] for r in t.rows]
+        system.scores["semantic"] = SentenceEncoder(c.eval.semantic_model).similarity(system.texts, references)
     scored = score(t.rows, {"tuned": system}, task=c.task, labels=t.labels, n_boot=0, seed=c.seed)
     scored.metrics.update({"test_file": str(test), "data_hashes": {str(test): _sha(test)}})
     write_outputs(out, scored)
