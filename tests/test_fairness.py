@@ -215,6 +215,19 @@ def test_run_on_a_tiny_trained_model_writes_result_and_report(tmp_path: Path) ->
     assert "Fairness" in (fairness.report_section(tmp_path / "run") or "")
     assert (tmp_path / "run" / "fairness" / "report.html").is_file()
 
+    # Data with no identity terms and no attributes, no benchmark: nothing can be checked.
+    plain = tmp_path / "plain.jsonl"
+    plain.write_text("".join(json.dumps({**r, "text": r["text"].split(" said ", 1)[1], "meta": {}}) + "\n" for r in rows))
+    from typer.testing import CliRunner
+
+    from tuneloop.cli import app
+
+    args = ["fairness", str(tmp_path / "run"), "--data", str(plain), "--benchmark", "none", "--no-base-too"]
+    warned = CliRunner().invoke(app, args, env={"COLUMNS": "200"})
+    assert warned.exit_code == 0 and "NOT ASSESSED" in warned.output and "PASSED" not in warned.output
+    blocked = CliRunner().invoke(app, [*args, "--if-not-assessed", "block"])
+    assert blocked.exit_code != 0 and "fairness not assessed" in str(blocked.exception)
+
 
 def test_zero_checks_is_not_assessed_never_passed(tmp_path: Path) -> None:
     from tuneloop.fairness.gate import Check
