@@ -482,6 +482,24 @@ def _decision_section(run_dir: Path) -> list[str]:
     return [section("Promotion decision", body, "decision")]
 
 
+def _calibration_section(metrics: dict[str, Any]) -> list[str]:
+    # Present for classifiers evaluated with a validation split (tuneloop.evaluate.calibration).
+    cal = metrics.get("calibration")
+    if not cal or not cal.get("reliability"):
+        return []
+    fig, ax = plt.subplots(figsize=(4.2, 4))
+    ax.plot([0, 1], [0, 1], ":", color="grey", label="perfectly calibrated")
+    for key, style in (("before", "o--"), ("after", "s-")):
+        bins = cal["reliability"][key]
+        ax.plot([b["confidence"] for b in bins], [b["accuracy"] for b in bins], style,
+                label=f"{key} (ECE {cal[f'ece_{key}']:.3f})")
+    ax.set(xlabel="confidence", ylabel="accuracy", xlim=(0, 1), ylim=(0, 1), title="Reliability on the test split")
+    ax.legend(loc="upper left", fontsize=8)
+    rows = [["temperature (fitted on validation)", cal["temperature"]], ["ECE before", cal["ece_before"]],
+            ["ECE after", cal["ece_after"]], ["validation / test examples", f"{cal['n_val']} / {cal['n_test']}"]]
+    return [section("Calibrated confidence", table(["", ""], rows) + figure(fig, "reliability diagram"), "calibration")]
+
+
 def render_run_report(run_dir: Path, metrics: dict[str, Any], fixed_broken: dict[str, list[dict[str, Any]]]) -> str:
     """The run report as one self-contained HTML document (sections in `RUN_SECTIONS` order).
 
@@ -501,6 +519,7 @@ def render_run_report(run_dir: Path, metrics: dict[str, Any], fixed_broken: dict
             _metrics_section(metrics),
             _confusion_section(metrics),
             _per_class_section(metrics),
+            *_calibration_section(metrics),
             _examples_section(metrics, fixed_broken),
             *_fairness_section(run_dir),
             section("Run config", f'<pre style="columns:3">{esc(config)}</pre>', "config"),

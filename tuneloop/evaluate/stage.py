@@ -292,6 +292,10 @@ def run(run_dir: Path, config: Path | None = None, overrides: dict[str, Any] | N
         "manifest": test.manifest, "curves": curve_summary(read_curves(run_dir / "metrics.jsonl"), cfg.eval.overfit_window),
         "environment": environment(cfg), "config": cfg.model_dump(mode="json"),
     })
+    if cfg.task == "classify":  # temperature on val, ECE on test, the monitor's reference predictions
+        from tuneloop.evaluate.calibration import calibrate_run
+
+        scored.metrics["calibration"] = calibrate_run(run_dir, cfg, test.rows)
     write_outputs(run_dir, scored)
     return EvalResult(run_dir, scored.metrics, write_run_report(run_dir))
 

@@ -67,7 +67,7 @@ def _run_rows(key: Hashable, payloads: list[Any]) -> list[Any]:
     kind, served = key
     if kind == "chat":
         return generate_rows(served.loaded, payloads)
-    return classify(served.loaded, payloads)
+    return classify(served.loaded, payloads, temperature=served.temperature)
 
 
 def _run_alone(key: Hashable, payload: Any) -> Any:

@@ -34,12 +34,13 @@ def length_groups(texts: Sequence[str], max_tokens: int = 2048) -> list[list[int
     return groups
 
 
-def classify(loaded: Any, texts: Sequence[str]) -> list[dict[str, Any]]:
+def classify(loaded: Any, texts: Sequence[str], temperature: float | None = None) -> list[dict[str, Any]]:
     """Label and per-label probabilities for each text.
 
     Args:
         loaded: A `load_trained` result of a classify run (kind "head" or "lm").
         texts: Texts to classify (run in groups of similar length).
+        temperature: The run's fitted temperature (`tuneloop.evaluate.calibration`): calibrated probabilities.
 
     Returns:
         `{"label": str, "probabilities": {label: float}}` per text, in order.
@@ -48,6 +49,8 @@ def classify(loaded: Any, texts: Sequence[str]) -> list[dict[str, Any]]:
     for group in length_groups(texts):
         batch = [texts[i] for i in group]
         probs[group] = head_probabilities(loaded, batch) if loaded.kind == "head" else label_log_probs(loaded, batch).softmax(dim=-1)
+    if temperature is not None and temperature != 1.0:  # same argmax, honest confidences
+        probs = (probs.clamp(min=1e-12).log() / temperature).softmax(dim=-1)
     return [
         {"label": loaded.labels[int(p.argmax())], "probabilities": {lab: round(float(x), 6) for lab, x in zip(loaded.labels, p)}}
         for p in probs

@@ -29,6 +29,7 @@ class ServedModel:
     loaded: Any  # tuneloop.runs.Loaded; used only in the model thread
     prompt_tokenizer: Any  # a copy for the event loop (fast tokenizers must not be shared across threads)
     loaded_at: float = field(default_factory=time.time)
+    temperature: float | None = None  # from `tuneloop eval` (eval/calibration.json): calibrated probabilities
 
     @property
     def task(self) -> str:
@@ -72,7 +73,10 @@ def load_served(run_dir: Path | str, name: str | None = None) -> ServedModel:
     if not run_dir.is_dir():
         raise TuneloopError(f"model folder {run_dir} does not exist; pass --model RUN_FOLDER or --model promoted")
     loaded = load_trained(run_dir)
-    return ServedModel(name or run_dir.resolve().name, run_dir, loaded, copy.deepcopy(loaded.tokenizer))
+    from tuneloop.evaluate.calibration import read_temperature
+
+    return ServedModel(name or run_dir.resolve().name, run_dir, loaded, copy.deepcopy(loaded.tokenizer),
+                       temperature=read_temperature(run_dir) if loaded.cfg.task == "classify" else None)
 
 
 class ModelHolder:
