@@ -2,9 +2,10 @@
 
 A candidate replaces the served model only when, on the same frozen test rows,
 1. the chosen metric improves by more than `loop.margin`,
-2. a paired test of the two models' per-example outcomes gives p < `loop.alpha` (McNemar's test
-   for right/wrong outcomes: accuracy, macro-F1, exact match; Wilcoxon's signed-rank test for
-   graded scores: token F1, ROUGE-L, per-example loss), and
+2. a paired test of the two models' per-example outcomes gives p < `loop.alpha` and favours the
+   candidate (McNemar's test for right/wrong outcomes: accuracy, macro-F1, exact match;
+   `eval.paired_test` — Wilcoxon signed-rank or paired bootstrap — for graded scores: token F1,
+   ROUGE-L, semantic similarity, per-example loss), and
 3. the fairness audit passed (or, when it could check nothing, `fairness.if_not_assessed` is warn).
 
 The decision is a typed `GateDecision` carrying its evidence: every metric with both values, the

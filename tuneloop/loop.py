@@ -2,7 +2,9 @@
 
 One round: curate feedback → prepare (original data + feedback, the frozen test set) → train
 (+ DPO on preference pairs) → evaluate on the frozen test set → fairness audit against the
-served model → gate → promote or keep. The decision and its evidence go to the registry, to
+served model → gate (`tuneloop.gate`: margin, paired test, fairness) → promote or keep. The served
+model is re-scored and re-audited in the round under the round's settings, so both models are
+compared like for like. The typed decision and its evidence go to the registry, to
 `RUN/gate.json` and into the candidate's report.
 
 A round is identified by a fingerprint of everything that shapes the candidate (config, input

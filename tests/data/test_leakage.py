@@ -65,9 +65,10 @@ def test_a_sampled_test_split_shares_no_prompt_with_train_or_validation(tmp_path
 
 
 def test_chats_without_a_user_turn_do_not_match_each_other(tmp_path: Path) -> None:
-    from tuneloop.data.leakage import Prompts, prompt_index
-    from tuneloop.data.ingest import Rows
     import numpy as np
+
+    from tuneloop.data.ingest import Rows
+    from tuneloop.data.leakage import Prompts, prompt_index
 
     spill = write_jsonl(tmp_path / "spill.jsonl", [
         {"messages": [{"role": "system", "content": "s"}, {"role": "assistant", "content": "a"}]},
