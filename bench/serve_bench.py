@@ -72,7 +72,8 @@ def start_server(run: str, batching: bool, args: argparse.Namespace, folder: Pat
     port = _free_port()
     settings = {"model": run, "port": port, "no_auth": True, "feedback_db": str(folder / f"fb-{port}.db"),
                 "batching": batching, "max_batch": args.max_batch, "batch_wait_ms": args.batch_wait_ms,
-                "max_tokens": max(args.max_tokens, 16), "threads": args.threads, "max_inputs": args.max_inputs}
+                "max_tokens": max(args.max_tokens, 16), "threads": args.threads, "max_inputs": args.max_inputs,
+                "max_batch_tokens": args.max_batch_tokens}
     proc = subprocess.Popen([sys.executable, "-c", SERVER, json.dumps(settings)],
                             stdout=subprocess.DEVNULL, stderr=open(folder / f"server-{port}.log", "w"))
     deadline = time.time() + 600
@@ -183,14 +184,17 @@ def contention(run: str, args: argparse.Namespace, folder: Path) -> dict[str, An
 
         def heavy_client() -> None:
             con = http.client.HTTPConnection("127.0.0.1", port, timeout=3600)
-            while not stop.is_set():
-                start = time.perf_counter()
-                con.request("POST", "/v1/classify", body=body, headers={"Content-Type": "application/json"})
-                resp = con.getresponse()
-                resp.read()
-                heavy.append((time.perf_counter() - start, resp.status, resp.getheader("Retry-After")))
-                if resp.status != 200:
-                    time.sleep(float(resp.getheader("Retry-After") or 1))
+            try:
+                while not stop.is_set():
+                    start = time.perf_counter()
+                    con.request("POST", "/v1/classify", body=body, headers={"Content-Type": "application/json"})
+                    resp = con.getresponse()
+                    resp.read()
+                    heavy.append((time.perf_counter() - start, resp.status, resp.getheader("Retry-After")))
+                    if resp.status != 200:
+                        time.sleep(float(resp.getheader("Retry-After") or 1))
+            except OSError:  # the server was stopped under a request still running: it does not count
+                pass
             con.close()
 
         thread = threading.Thread(target=heavy_client)
@@ -200,15 +204,17 @@ def contention(run: str, args: argparse.Namespace, folder: Path) -> dict[str, An
         out["with_heavy_client"] = load(port, "classify", measured, args.clients, args.max_tokens)
         print(f"ordinary clients beside the heavy one: {json.dumps(out['with_heavy_client'])}", flush=True)
         stop.set()
-        thread.join()
         wall = time.perf_counter() - started
-        done = [lat for lat, status, _ in heavy if status == 200]
-        out["heavy_client"] = {"requests": len(heavy), "ok": len(done), "statuses": sorted({s for _, s, _ in heavy}),
-                               "texts_per_s": round(len(done) * args.max_inputs / wall, 1),
-                               "mean_latency_s": round(statistics.fmean(done), 1) if done else None}
+        in_flight = _get(port, "/health")["queued"]  # the heavy request's texts not yet run
     finally:
         proc.terminate()
         proc.wait(60)
+    thread.join()
+    done = [lat for lat, status, _ in heavy if status == 200]
+    texts = len(done) * args.max_inputs + (args.max_inputs - in_flight if in_flight else 0)
+    out["heavy_client"] = {"requests_answered": len(heavy), "ok": len(done), "statuses": sorted({s for _, s, _ in heavy}),
+                           "texts_classified": texts, "texts_per_s": round(texts / wall, 2),
+                           "mean_latency_s": round(statistics.fmean(done), 1) if done else None}
     alone, busy = out["alone"], out["with_heavy_client"]
     out["p99_ratio"] = round(busy["p99_ms"] / alone["p99_ms"], 2)
     out["requests_per_s_ratio"] = round(busy["requests_per_s"] / alone["requests_per_s"], 2)
@@ -227,7 +233,8 @@ def main() -> None:
     p.add_argument("--requests", type=int, default=256, help="measured requests per setting")
     p.add_argument("--max-tokens", type=int, default=32, help="chat: tokens to generate per request")
     p.add_argument("--max-batch", type=int, default=16, help="server --max-batch with batching on")
-    p.add_argument("--batch-wait-ms", type=float, default=10.0, help="server --batch-wait-ms")
+    p.add_argument("--batch-wait-ms", type=float, default=25.0, help="server --batch-wait-ms")
+    p.add_argument("--max-batch-tokens", type=int, default=1024, help="server --max-batch-tokens (classify fairness)")
     p.add_argument("--threads", type=int, default=None, help="server --threads (torch threads; default: all cores)")
     p.add_argument("--name", default="serve", help="result file name: bench/results/NAME.json")
     args = p.parse_args()

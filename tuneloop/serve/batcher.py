@@ -66,6 +66,7 @@ class Batcher:
         self.queued_cost = 0.0
         self._by_client: dict[Hashable, int] = {}
         self._rate = 0.0  # cost per second of recent model calls (for Retry-After)
+        self._recent_flows: deque[int] = deque([0], maxlen=8)  # requests with jobs in each of the last batches
 
     def start(self) -> None:
         """Start gathering (inside the running event loop)."""
@@ -124,16 +125,21 @@ class Batcher:
     def _take(self) -> list[_Job]:
         """One batch: one round of deficit round robin over the flows, at most `max_batch` jobs.
 
-        The round gives every waiting flow `max_cost / flows` of credit and lets it add jobs while
-        its credit covers them, at most its share of the batch's places. One round only, so a
-        request of long texts adds about its share to each batch, not as much as fits; a flow keeps
-        unused credit while it has jobs waiting. Rounds repeat only while the batch is empty.
+        The round gives every waiting flow `max_cost / flows` of credit (flows: those waiting, or
+        as many as one of the last 8 batches served if more: clients that send request after
+        request are often between two when a batch forms) and lets it add jobs while its credit covers them, at most its share of
+        the batch's places. One round only, so a request of long texts adds about its share to each
+        batch, not as much as fits; a flow keeps unused credit while it has jobs waiting. Rounds
+        repeat only while the batch is empty.
         """
         for fid in [fid for fid, f in self._flows.items() if all(j.future.done() for j in f.jobs)]:
             self._account(list(self._flows.pop(fid).jobs), -1)  # every job's client left
         batch: list[_Job] = []
+        served: set[Hashable] = set()
         while self._flows and not batch:
-            quantum, places = self.max_cost / len(self._flows), -(-self.max_batch // len(self._flows))
+            # Shares count the requests of recent batches too: clients not back yet still get theirs.
+            flows = max(len(self._flows), *self._recent_flows)
+            quantum, places = self.max_cost / flows, -(-self.max_batch // len(self._flows))
             for fid in list(self._flows):
                 flow = self._flows.pop(fid)
                 flow.credit += quantum
@@ -146,8 +152,10 @@ class Batcher:
                         self._account([job], -1)
                     else:
                         batch.append(job)
+                        served.add(fid)
                 if flow.jobs:  # back of the line, keeping its credit
                     self._flows[fid] = flow
+        self._recent_flows.append(len(served))
         return batch
 
     async def _gather(self) -> list[_Job]:
@@ -155,9 +163,21 @@ class Batcher:
         while not self._flows:
             self._wake.clear()
             await self._wake.wait()
-        if self.wait_s > 0 and sum(len(f.jobs) for f in self._flows.values()) < self.max_batch:
-            await asyncio.sleep(self.wait_s)  # a lone job waits for company
+        # Wait (at most wait_s) for company: while a batch would be small, or would hold fewer
+        # requests than recent ones did (their clients are sending their next requests right now,
+        # and a batch formed without them would be all long texts of the one that stayed).
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.wait_s
+        while self._waiting() < self.max_batch or len(self._flows) < max(self._recent_flows):
+            self._wake.clear()
+            try:
+                await asyncio.wait_for(self._wake.wait(), deadline - loop.time())
+            except TimeoutError:
+                break
         return self._take()
+
+    def _waiting(self) -> int:
+        return sum(len(f.jobs) for f in self._flows.values())
 
     async def _loop(self) -> None:
         while True:
