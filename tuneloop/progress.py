@@ -1,7 +1,7 @@
 """Progress of long stages (train, DPO, eval): a live bar in a terminal, a plain line every few seconds elsewhere.
 
 In CI logs, under `nohup` or with output sent to a file, a live bar prints nothing until it ends;
-there a line like `training step 40/150 · loss 1.2345 · 312 tok/s · ETA 0:05:52` appears every
+there a line like `training: step 40/150 · loss 1.2345 · tok/s 312 · ETA 0:05:52` appears every
 `every` seconds (and at the end) instead.
 """
 
@@ -22,7 +22,7 @@ Update = Callable[..., None]
 
 
 def _line(desc: str, unit: str, done: int, total: int, fields: dict[str, float], rate: float | None) -> str:
-    parts = [f"{desc} {unit} {done}/{total}"]
+    parts = [f"{desc}: {unit} {done}/{total}"]
     parts += [f"{name} {value:,.4f}" if abs(value) < 100 else f"{name} {value:,.0f}" for name, value in fields.items()]
     if rate:
         parts.append(f"ETA {timedelta(seconds=round((total - done) / rate))}")
@@ -31,7 +31,7 @@ def _line(desc: str, unit: str, done: int, total: int, fields: dict[str, float],
 
 @contextlib.contextmanager
 def track(desc: str, total: int, console: Console, *, completed: int = 0, unit: str = "step", disable: bool = False,
-          every: float = EVERY) -> Iterator[Update]:
+          transient: bool = False, every: float = EVERY) -> Iterator[Update]:
     """Show progress of `total` units; yields `update(done, **fields)` (fields: numbers such as loss, tok/s).
 
     Args:
@@ -41,6 +41,7 @@ def track(desc: str, total: int, console: Console, *, completed: int = 0, unit: 
         completed: Units already done (a resumed run).
         unit: The unit's name in plain lines.
         disable: Print nothing (e.g. on every process but the first).
+        transient: Clear the live bar when done (plain lines stay).
         every: Seconds between plain lines.
 
     Example:
@@ -50,14 +51,15 @@ def track(desc: str, total: int, console: Console, *, completed: int = 0, unit: 
         ...     update(1, loss=0.5)
         ...     update(2, loss=0.25)
         >>> out.file.getvalue().splitlines()[-1]
-        'training step 2/2 · loss 0.2500 · ETA 0:00:00'
+        'training: step 2/2 · loss 0.2500 · ETA 0:00:00'
     """
     if disable:
         yield lambda done, **fields: None
         return
     if console.is_terminal:
         with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                      TextColumn("{task.fields[shown]}"), TimeRemainingColumn(), console=console) as bar:
+                      TextColumn("{task.fields[shown]}"), TimeRemainingColumn(), console=console,
+                      transient=transient) as bar:
             task = bar.add_task(desc, total=total, completed=completed, shown="")
 
             def update_bar(done: int, **fields: float) -> None:

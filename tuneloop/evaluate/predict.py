@@ -11,16 +11,10 @@ from typing import Any
 
 import torch
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from tuneloop.progress import track
 
 _console = Console(stderr=True)
-
-
-def _progress() -> Progress:
-    return Progress(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-        console=_console, transient=True,
-    )
 
 
 def _batches(order: Sequence[int], size: int) -> Iterator[list[int]]:
@@ -48,14 +42,15 @@ def predict_head(loaded: Any, texts: Sequence[str], *, batch_size: int, desc: st
     """
     tok, model = loaded.tokenizer, loaded.model
     out: list[str] = [""] * len(texts)
-    with _progress() as bar:
-        task = bar.add_task(desc, total=len(texts))
+    done = 0
+    with track(desc, len(texts), _console, unit="examples", transient=True) as progress:
         for idx in _batches(_by_length(texts), batch_size):
             enc = tok([texts[i] for i in idx], padding=True, truncation=True,
                       max_length=loaded.cfg.train.max_length, return_tensors="pt").to(model.device)
             for i, k in zip(idx, model(**enc).logits.argmax(dim=-1).tolist()):
                 out[i] = loaded.labels[k]
-            bar.advance(task, len(idx))
+            done += len(idx)
+            progress(done)
     return out
 
 
@@ -95,8 +90,8 @@ def generate(
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     stop = stop_ids(loaded)
     out: list[str] = [""] * len(prompts)
-    with _progress() as bar:
-        task = bar.add_task(desc, total=len(prompts))
+    done = 0
+    with track(desc, len(prompts), _console, unit="examples", transient=True) as progress:
         for idx in _batches(_by_length(prompts), batch_size):
             # The rendered chat template already holds any BOS/special tokens it needs.
             enc = tok([prompts[i] for i in idx], padding=True, add_special_tokens=False,
@@ -105,5 +100,6 @@ def generate(
                                  pad_token_id=pad_id, eos_token_id=sorted(stop) or None)
             for i, row in zip(idx, gen[:, enc["input_ids"].shape[1]:].tolist()):
                 out[i] = tok.decode(_cut(row, stop), skip_special_tokens=True).strip()
-            bar.advance(task, len(idx))
+            done += len(idx)
+            progress(done)
     return out
