@@ -24,6 +24,7 @@ err_console = Console(stderr=True)
 _debug = False
 
 ConfigOpt = typer.Option(None, "--config", "-c", help="YAML run config; options given here override it.")
+ThreadsOpt = typer.Option(None, "--threads", min=1, help="torch threads (default: this process's share of the cores free to it).")
 SetOpt = typer.Option(None, "--set", metavar="FIELD=VALUE",
                       help="Set any config field by dotted name, e.g. --set train.warmup=0.1 (repeatable; the value is YAML).")
 
@@ -113,6 +114,7 @@ def train(
     seed: Optional[int] = typer.Option(None, help="Seed for everything."),
     nproc: Optional[int] = typer.Option(None, help="Data-parallel processes (DDP); global batch = batch_size x grad_accum x nproc."),
     resume: Optional[Path] = typer.Option(None, help="Continue the run in this folder from its last checkpoint."),
+    threads: Optional[int] = ThreadsOpt,
     sets: Optional[list[str]] = SetOpt,
 ) -> None:
     """Fine-tune a base model (LoRA or full) with validation, early stopping and checkpoints."""
@@ -130,7 +132,7 @@ def train(
             "train.lora.r": lora_r, "train.lora.alpha": lora_alpha, "train.precision": precision,
             "train.packing": packing, "train.gradient_checkpointing": gradient_checkpointing, "train.attention": attention,
             "train.eval_every": eval_every, "train.patience": patience, "train.save_every": save_every,
-            "train.nproc": nproc,
+            "train.nproc": nproc, "train.threads": threads,
         }, sets)
         result = train_stage.run(cfg)
     from tuneloop import distributed
@@ -153,6 +155,7 @@ def eval_(
     metric: Optional[str] = typer.Option(None, help="Headline metric: auto, macro_f1, accuracy, token_f1, rouge_l, semantic, exact_match, loss."),
     semantic_model: Optional[str] = typer.Option(None, help="Sentence encoder for semantic similarity (folder or `minilm`)."),
     judge_url: Optional[str] = typer.Option(None, help="OpenAI-compatible endpoint (…/v1) of a pairwise judge (generate)."),
+    threads: Optional[int] = ThreadsOpt,
     sets: Optional[list[str]] = SetOpt,
 ) -> None:
     """Evaluate tuned vs base (zero-shot and k-shot) vs TF-IDF on held-out data; write metrics, predictions, report."""
@@ -161,7 +164,8 @@ def eval_(
     result = evaluate.run(run, config, {
         "eval.data": data, "eval.base_too": base_too, "eval.baseline": baseline, "eval.batch_size": batch_size,
         "eval.max_new_tokens": max_new_tokens, "eval.max_examples": max_examples, "eval.shots": shots,
-        "eval.metric": metric, "eval.semantic_model": semantic_model, "eval.judge_url": judge_url, **parse_sets(sets),
+        "eval.metric": metric, "eval.semantic_model": semantic_model, "eval.judge_url": judge_url, "eval.threads": threads,
+        **parse_sets(sets),
     })
     console.print(result.summary())
 
@@ -178,6 +182,7 @@ def fairness(
     benchmark: Optional[str] = typer.Option(None, help="crows_pairs or none."),
     max_examples: Optional[int] = typer.Option(None, help="Audit at most this many test examples."),
     if_not_assessed: Optional[str] = typer.Option(None, help="warn or block when no check can be made."),
+    threads: Optional[int] = ThreadsOpt,
     sets: Optional[list[str]] = SetOpt,
 ) -> None:
     """Audit bias (group metrics, counterfactual swaps, CrowS-Pairs); exit 1 when a threshold fails (or nothing could be checked, with block)."""
@@ -186,7 +191,8 @@ def fairness(
     result = fairness_stage.run(run, config, {
         "fairness.data": data, "fairness.attributes": attribute or None, "fairness.terms": terms,
         "fairness.base_too": base_too, "fairness.against": against, "fairness.benchmark": benchmark,
-        "fairness.max_examples": max_examples, "fairness.if_not_assessed": if_not_assessed, **parse_sets(sets),
+        "fairness.max_examples": max_examples, "fairness.if_not_assessed": if_not_assessed,
+        "eval.threads": threads, **parse_sets(sets),
     })
     console.print(result.summary())
     if result.status == "failed":
@@ -209,6 +215,7 @@ def tune(
     storage: Optional[str] = typer.Option(None, help="Optuna storage URL shared by workers (default: SQLite in --out)."),
     refit: Optional[bool] = typer.Option(None, "--refit/--no-refit", help="Retrain the best config on train+val."),
     seed: Optional[int] = typer.Option(None, help="Seed for the sampler and the trials."),
+    threads: Optional[int] = ThreadsOpt,
     sets: Optional[list[str]] = SetOpt,
 ) -> None:
     """Search learning rate, batch size, LoRA rank, epochs... with Optuna; keep the best run."""
@@ -217,7 +224,7 @@ def tune(
     cfg = _config(config, {
         "seed": seed, "train.data": data, "tune.out": out, "tune.trials": trials, "tune.timeout": timeout,
         "tune.max_steps": max_steps, "tune.sampler": sampler, "tune.pruner": pruner, "tune.storage": storage,
-        "tune.refit": refit,
+        "tune.refit": refit, "train.threads": threads,
     }, sets)
     console.print(tune_stage.run(cfg).summary())
 
@@ -317,7 +324,7 @@ def serve(
     batch_wait_ms: Optional[float] = typer.Option(None, help="How long a request waits for others to batch with."),
     batching: Optional[bool] = typer.Option(None, "--batching/--no-batching", help="Gather concurrent requests into batches."),
     reload_interval: Optional[float] = typer.Option(None, help="Seconds between checks for a newly promoted model."),
-    threads: Optional[int] = typer.Option(None, help="torch threads for model calls."),
+    threads: Optional[int] = ThreadsOpt,
     log_db: Optional[str] = typer.Option(None, help="Prediction log for `tuneloop monitor` (default: the feedback database)."),
     log_inputs: Optional[str] = typer.Option(None, help="What the prediction log keeps of inputs: redacted (default), hash or none."),
     log_retention_days: Optional[float] = typer.Option(None, help="Delete logged predictions after this many days (default 30)."),
@@ -364,12 +371,14 @@ def loop(
     registry: Optional[str] = RegistryOpt,
     feedback_db: Optional[str] = typer.Option(None, help="Feedback store the server writes, a file or URL (default: feedback.db in the config)."),
     out: Optional[Path] = typer.Option(None, help="Folder for the rounds (default: loop.out)."),
+    threads: Optional[int] = ThreadsOpt,
     sets: Optional[list[str]] = SetOpt,
 ) -> None:
     """One round: feedback -> prepare -> train -> eval -> fairness -> gate -> promote or keep."""
     from tuneloop import loop as loop_stage
 
-    cfg = _config(config, {"loop.registry": registry, "feedback.db": feedback_db, "loop.out": out}, sets)
+    cfg = _config(config, {"loop.registry": registry, "feedback.db": feedback_db, "loop.out": out,
+                           "train.threads": threads, "eval.threads": threads}, sets)
     console.print(loop_stage.run(cfg).summary())
 
 
@@ -381,6 +390,7 @@ def dpo(
     lr: Optional[float] = typer.Option(None, help="Peak learning rate (default train.dpo.lr)."),
     epochs: Optional[float] = typer.Option(None, help="Passes over the pairs."),
     undo: bool = typer.Option(False, "--undo", help="Put the SFT model (RUN/model_sft) back."),
+    threads: Optional[int] = ThreadsOpt,
     sets: Optional[list[str]] = SetOpt,
 ) -> None:
     """Tune a trained run on preference pairs with DPO; the SFT model is kept in RUN/model_sft."""
@@ -394,7 +404,7 @@ def dpo(
     from tuneloop.runs import load_run_config
 
     cfg = load_run_config(run, None, {"train.dpo.beta": beta, "train.dpo.lr": lr, "train.dpo.epochs": epochs, **parse_sets(sets)})
-    console.print(dpo_stage.run(run, pairs, cfg.train.dpo).summary())
+    console.print(dpo_stage.run(run, pairs, cfg.train.dpo, n_threads=threads or cfg.train.threads).summary())
 
 
 @app.command()

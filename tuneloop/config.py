@@ -131,7 +131,7 @@ class TrainConfig(_Section):
     keep_last: int = Field(2, gt=0, description="Checkpoints to keep (the best one is always kept).")
     max_eval_examples: int | None = Field(None, gt=0, description="Validate on at most this many examples.")
     system_prompt: str | None = Field(None, description="System message for classify-as-generate prompts.")
-    threads: int | None = Field(None, gt=0, description="torch threads (default: all cores).")
+    threads: int | None = Field(None, gt=0, description="torch threads (default: this process's share of the cores free to it; see tuneloop/threads.py).")
     nproc: int = Field(1, gt=0, description="Data-parallel processes on this machine (DDP; gloo on CPU, NCCL on GPUs); the global batch is batch_size x grad_accum x nproc.")
     dpo: DpoConfig = Field(default_factory=lambda: DpoConfig())
 
@@ -163,6 +163,7 @@ class EvalConfig(_Section):
     batch_size: int = Field(16, gt=0, description="Examples per generation/prediction batch.")
     max_new_tokens: int = Field(128, gt=0, description="Generation limit for answers (classify: at most the longest label + 8 tokens).")
     max_examples: int | None = Field(None, gt=0, description="Evaluate on at most this many test examples.")
+    threads: int | None = Field(None, gt=0, description="torch threads for eval and fairness (default: this process's share of the cores free to it).")
     bootstrap: int = Field(1000, ge=0, description="Bootstrap resamples for 95% confidence intervals (0: none).")
     overfit_window: int = Field(3, gt=0, description="Flag overfitting when validation loss rose for this many evaluations.")
     synonyms: dict[str, list[str]] = Field(default_factory=dict, description="Extra answers that map to a label.")

@@ -66,21 +66,6 @@ def needs_launch(nproc: int) -> bool:
     return nproc > 1 and not launched()
 
 
-def default_threads() -> int | None:
-    """torch threads per process: the cores split between this machine's processes (None: one process)."""
-    if world() == 1:
-        return None
-    local = int(os.environ.get("LOCAL_WORLD_SIZE", world()))
-    return max(1, len(os.sched_getaffinity(0)) // local)
-
-
-def set_threads(threads: int | None) -> None:
-    """Use `threads` torch threads (default: this process's share of the cores, or torch's own choice)."""
-    threads = threads or default_threads()
-    if threads:
-        torch.set_num_threads(threads)
-
-
 def _device() -> torch.device:
     # NCCL only moves CUDA tensors; gloo works on CPU tensors.
     return torch.device("cuda") if dist.is_initialized() and dist.get_backend() == "nccl" else torch.device("cpu")

@@ -30,7 +30,7 @@ from typing import Any
 import torch
 from rich.table import Table
 
-from tuneloop import checkpoint, distributed, models, runs, train
+from tuneloop import checkpoint, distributed, models, runs, threads, train
 from tuneloop.config import DpoConfig, RunConfig, load_config
 from tuneloop.data.load import sha256_file
 from tuneloop.encode import IGNORE, Encoded, encode_chat, encode_classify_lm, eval_batches, length_grouped_batches
@@ -315,13 +315,13 @@ def _same_phase(run_dir: Path, key: dict[str, Any]) -> bool:
             and json.loads(saved.read_text(encoding="utf-8")) == key)
 
 
-def _setup(run_dir: Path, pairs_path: Path, cfg: DpoConfig | None) -> DpoRun:
+def _setup(run_dir: Path, pairs_path: Path, cfg: DpoConfig | None, n_threads: int | None = None) -> DpoRun:
     models.quiet_transformers()
     meta, run_cfg = runs.model_meta(run_dir), load_config(run_dir / "config.yaml")
     if meta["kind"] != "lm":
         raise TuneloopError(f"{run_dir} trains a classification head; DPO needs a causal LM (train with classify_as: generate)")
     t, cfg = run_cfg.train, cfg or run_cfg.train.dpo
-    distributed.set_threads(t.threads)
+    threads.claim("dpo", n_threads or t.threads)
     max_length = cfg.max_length or t.max_length
     tokenizer = models.load_tokenizer(run_dir / "model", run_cfg.trust_remote_code)
     pairs, rejects = read_pairs(pairs_path, PairEncoder(tokenizer, run_cfg, meta["labels"], max_length))
@@ -406,7 +406,7 @@ def _drop_dpo_records(run_dir: Path) -> None:
 # ---------------------------------------------------------------- entry points
 
 
-def run(run_dir: Path, pairs: Path, cfg: DpoConfig | None = None) -> DpoResult:
+def run(run_dir: Path, pairs: Path, cfg: DpoConfig | None = None, n_threads: int | None = None) -> DpoResult:
     """Tune a trained run's model on preference pairs with DPO; the result replaces `RUN/model/`.
 
     The phase trains in `train.Trainer`'s loop: gradient accumulation, `train.nproc` processes,
@@ -419,6 +419,7 @@ def run(run_dir: Path, pairs: Path, cfg: DpoConfig | None = None) -> DpoResult:
         pairs: JSONL of `{"prompt": [messages] | str, "chosen": str, "rejected": str}`; in a classify
             run a string prompt (or a `text` field) is the text to classify and the answers are labels.
         cfg: DPO settings (default: the run's `train.dpo`).
+        n_threads: torch threads (default: the run's `train.threads`, else this process's share of the free cores).
 
     Returns:
         Validation metrics before and after, steps, rejected rows and timings (also in
@@ -436,7 +437,7 @@ def run(run_dir: Path, pairs: Path, cfg: DpoConfig | None = None) -> DpoResult:
     if distributed.needs_launch(nproc):
         distributed.launch(nproc, _run_launched, (run_dir, pairs, cfg))
         return _read_result(run_dir)
-    d = _setup(run_dir, pairs, cfg)
+    d = _setup(run_dir, pairs, cfg, n_threads)
     for r in d.rejects[:5]:
         train.console.print(f"[yellow]warning:[/] {r.source} line {r.line}: {r.reason} (pair skipped)")
     if len(d.rejects) > 5:

@@ -24,6 +24,7 @@ from typing import Any
 from rich.console import Group
 from rich.table import Table
 
+from tuneloop import threads
 from tuneloop.config import RunConfig
 from tuneloop.errors import TuneloopError
 from tuneloop.gate import EVIDENCE_COLUMNS, FairnessVerdict, GateDecision, decide, fairness_verdict, report_rows
@@ -266,6 +267,7 @@ def run(cfg: RunConfig) -> LoopResult:
     """
     if not cfg.prepare.inputs:
         raise TuneloopError("loop: prepare.inputs is empty; name the original training data files in the config")
+    threads.claim("loop", cfg.train.threads)  # its stages claim again with their own settings
     reg = Registry(cfg.loop.registry)
     out = Path(cfg.loop.out)
     inc = reg.promoted()

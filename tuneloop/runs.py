@@ -358,6 +358,9 @@ def export(run_dir: Path, out: Path | None = None, merge: bool = True) -> Path:
     if not merge or meta["method"] == "full":
         checkpoint.atomic_dir(out, lambda d: shutil.copytree(folder, d, dirs_exist_ok=True))
         return out
+    from tuneloop import threads
+
+    threads.claim("export")  # merging multiplies the adapter's matrices into every layer
     model = _merged(run_dir, meta, cfg)
     tok = models.load_tokenizer(folder)
 

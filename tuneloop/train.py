@@ -29,7 +29,7 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from tuneloop import checkpoint, distributed, losses, models, runs
+from tuneloop import checkpoint, distributed, losses, models, runs, threads
 from tuneloop.config import RunConfig, load_config, save_config
 from tuneloop.encode import Encoded, encode_rows, epoch_batches
 from tuneloop.errors import TuneloopError
@@ -188,6 +188,7 @@ class Trainer:
             while s.step < self.total_steps and not s.stopped:
                 batches = self._epoch(s.epoch)
                 group = batches[s.batch_in_epoch : s.batch_in_epoch + t.grad_accum]
+                threads.refresh()  # another tuneloop process came or went: take the new share of the cores
                 started, cpu = time.perf_counter(), time.process_time()
                 distributed.seed_step(self.cfg.seed, s.step)
                 micro = [obj.batch(rows) for rows in distributed.shard_group(group)]
@@ -308,7 +309,8 @@ class Trainer:
             "tokens_per_s": s.tokens_seen / max(s.train_seconds, 1e-9), "train_seconds": s.train_seconds,
             "train_cpu_seconds": s.train_cpu_seconds, "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             "bf16": self.ex.bf16, "device": str(self.ex.device), "attention": core(self.model).config._attn_implementation,
-            "processes": distributed.world(),
+            "processes": distributed.world(), "threads": torch.get_num_threads(),
+            "threads_reason": threads.reason(),
         }
         if self.ex.device.type == "cuda":
             info["peak_gpu_mib"] = torch.cuda.max_memory_allocated() / 2**20
@@ -357,7 +359,7 @@ def sft_trainer(cfg: RunConfig, run_dir: Path, on_validate: OnValidate | None = 
     """
     models.quiet_transformers()
     t = cfg.train
-    distributed.set_threads(t.threads)
+    threads.claim("train", t.threads)
     kind = runs.model_kind(cfg)
     labels = runs.read_manifest(Path(t.data)).get("labels") if cfg.task == "classify" else None
     base_path = models.resolve(cfg.base, task=cfg.task, classify_as=t.classify_as)

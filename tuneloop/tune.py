@@ -20,7 +20,7 @@ import optuna
 from pydantic import BaseModel
 from rich.table import Table
 
-from tuneloop import report
+from tuneloop import report, threads
 from tuneloop.config import ParamRange, RunConfig, TrainConfig, save_config
 from tuneloop.errors import TuneloopError
 
@@ -253,6 +253,7 @@ def run(cfg: RunConfig) -> TuneResult:
     Raises:
         TuneloopError: an invalid space or budget, or missing data — before any training starts.
     """
+    threads.claim("tune", cfg.train.threads)  # each trial claims again as `train`
     if cfg.tune.out is None:
         raise TuneloopError("tune.out is not set: give the study folder with --out or tune.out in the YAML")
     if cfg.train.data is None or not (Path(cfg.train.data) / "train.jsonl").is_file():

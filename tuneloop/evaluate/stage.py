@@ -17,6 +17,7 @@ from typing import Any
 from rich.console import Group
 from rich.table import Table
 
+from tuneloop import threads
 from tuneloop.config import RunConfig
 from tuneloop.evaluate.curves import curve_summary
 from tuneloop.evaluate.labels import LabelParser
@@ -271,6 +272,7 @@ def run(run_dir: Path, config: Path | None = None, overrides: dict[str, Any] | N
 
     run_dir = Path(run_dir)
     cfg = load_run_config(run_dir, config, overrides or {})
+    threads.claim("eval", cfg.eval.threads)
     data_dir = cfg.train.data
     test = load_test_set(run_dir, cfg, cfg.eval.data, cfg.eval.max_examples)
     train = _train_rows(data_dir, cfg.task) if (cfg.eval.base_too and cfg.eval.shots) or cfg.eval.baseline else []

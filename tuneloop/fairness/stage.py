@@ -16,6 +16,7 @@ from typing import Any
 from rich.console import Group
 from rich.table import Table
 
+from tuneloop import threads
 from tuneloop.config import RunConfig
 from tuneloop.errors import TuneloopError
 from tuneloop.fairness.attributes import group_columns
@@ -200,7 +201,9 @@ def run(run_dir: Path, config: Path | None = None, overrides: dict[str, Any] | N
     from tuneloop.runs import load_run_config
 
     run_dir = Path(run_dir)
-    return audit_run(run_dir, load_run_config(run_dir, config, overrides or {}))
+    cfg = load_run_config(run_dir, config, overrides or {})
+    threads.claim("fairness", cfg.eval.threads)
+    return audit_run(run_dir, cfg)
 
 
 def audit_run(run_dir: Path, cfg: RunConfig, out: Path | None = None) -> FairnessResult:

@@ -21,6 +21,7 @@ from fastapi import APIRouter, Depends, FastAPI, Header, Request
 from fastapi.responses import StreamingResponse
 from fastapi.security import HTTPBearer
 
+from tuneloop import threads
 from tuneloop.encode import render_prompt
 from tuneloop.serve.batcher import Batcher
 from tuneloop.serve.classify import classify
@@ -335,13 +336,10 @@ def create_app(settings: ServeSettings) -> FastAPI:
     from tuneloop.feedback import FeedbackStore
 
     settings.check()
-    if settings.threads:
-        import torch
-
-        torch.set_num_threads(settings.threads)
+    threads.claim("serve", settings.threads)  # the model thread re-takes its share as trainers come and go
     current, registry = load_initial(settings.model, settings.registry, settings.name)
     holder = ModelHolder(current, registry)
-    batcher = Batcher(_run_batch, max_batch=settings.max_batch if settings.batching else 1,
+    batcher = Batcher(threads.tracking(_run_batch), max_batch=settings.max_batch if settings.batching else 1,
                       wait_s=settings.batch_wait_ms / 1000, max_cost=settings.max_batch_tokens)
     store = FeedbackStore(settings.feedback_db, retention_days=settings.feedback_retention_days)
     predlog = PredictionLog(settings.log_db or settings.feedback_db, inputs=settings.log_inputs,

@@ -50,7 +50,7 @@ class ServeSettings(BaseModel):
     batching: bool = Field(True, description="Gather concurrent requests into batches (off: one request per model call).")
     reload_interval: float = Field(2.0, gt=0, description="Seconds between checks of the registry's promoted model.")
     name: str | None = Field(None, description="Model name reported for a run folder (default: the folder's name).")
-    threads: int | None = Field(None, gt=0, description="torch threads for model calls (default: all cores; 1 is faster on a busy machine).")
+    threads: int | None = Field(None, gt=0, description="torch threads for model calls (default: this process's share of the free cores, re-split as other tuneloop processes come and go).")
 
     def keys(self) -> list[str]:
         """The accepted API keys: `api_keys` plus those in $TUNELOOP_API_KEYS."""
