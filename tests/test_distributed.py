@@ -23,8 +23,8 @@ import yaml
 from safetensors.torch import load_file
 
 from tiny import write_data
-from tuneloop import runs, train
-from tuneloop.config import RunConfig, load_config
+from tuneloop import dpo, runs, train
+from tuneloop.config import DpoConfig, RunConfig, load_config, save_config
 from tuneloop.errors import TuneloopError
 
 ATOL = 2e-5
@@ -126,3 +126,23 @@ def test_torchrun_launch_equals_one_process(tiny_llama: Path, gen_data: Path, tm
     _assert_same_weights(_weights(tmp_path / "one", one.steps), _weights(tmp_path / "torchrun", one.steps), ATOL)
     assert load_config(tmp_path / "torchrun" / "config.yaml").train.nproc == 2  # what `--resume` starts again
     assert len(_metrics(tmp_path / "torchrun")) == len(_metrics(tmp_path / "one"))
+
+
+def test_dpo_on_two_processes_tunes_what_one_does_with_twice_the_batch(tiny_llama: Path, gen_data: Path, tmp_path: Path) -> None:
+    # DPO runs in the same loop: each process takes its share of every batch of pairs.
+    sft = tmp_path / "sft"
+    train.run(_cfg(tiny_llama, gen_data, sft, **{"train.max_steps": 2, "train.lr": 1e-2, "train.lora.dropout": 0.0}))
+    one, two = Path(shutil.copytree(sft, tmp_path / "one")), Path(shutil.copytree(sft, tmp_path / "two"))
+    save_config(load_config(two / "config.yaml", {"train.nproc": 2}), two / "config.yaml")
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("".join(json.dumps({"prompt": json.loads(x)["messages"][:-1], "chosen": json.loads(x)["messages"][-1]["content"],
+                                         "rejected": "i am not sure"}) + "\n"
+                             for x in (gen_data / "train.jsonl").read_text().splitlines()[:16]))
+    a = dpo.run(one, pairs, DpoConfig(beta=0.5, lr=1e-2, epochs=2, batch_size=4))
+    b = dpo.run(two, pairs, DpoConfig(beta=0.5, lr=1e-2, epochs=2, batch_size=2))
+    assert (a.info["processes"], b.info["processes"]) == (1, 2) and a.steps == b.steps == 8
+    ckpt = f"dpo/checkpoints/step-{a.steps:06d}/adapter.safetensors"
+    _assert_same_weights(load_file(one / ckpt), load_file(two / ckpt), ATOL)
+    assert b.after == pytest.approx(a.after, rel=1e-4, abs=1e-5)
+    assert [x["loss"] for x in _metrics(two) if x.get("phase") == "dpo"] == pytest.approx(
+        [x["loss"] for x in _metrics(one) if x.get("phase") == "dpo"], rel=1e-5)
