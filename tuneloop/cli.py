@@ -366,6 +366,38 @@ def feedback_export(
 
 
 @app.command()
+def monitor(
+    run: Optional[Path] = typer.Argument(None, help="The served run folder (default: the registry's promoted model)."),
+    config: Optional[Path] = ConfigOpt,
+    registry: Optional[str] = RegistryOpt,
+    db: Optional[str] = typer.Option(None, help="Prediction log the server writes (default: the feedback database)."),
+    feedback_db: Optional[str] = typer.Option(None, help="Feedback store for realized metrics (default: feedback.db in the config)."),
+    last: Optional[int] = typer.Option(None, help="Window: the newest N predictions (default 1000)."),
+    since: Optional[str] = typer.Option(None, help="Window: predictions at or after this ISO 8601 time (UTC without an offset)."),
+    model: Optional[str] = typer.Option(None, help="Name the predictions were logged under (default: the registry or folder name)."),
+    json_out: bool = typer.Option(False, "--json", help="Print the report as one JSON object."),
+    html: Optional[Path] = typer.Option(None, help="Also write the report as an HTML page with time-series plots."),
+    sets: Optional[list[str]] = SetOpt,
+) -> None:
+    """Drift, estimated and realized quality, per-group metrics of live traffic; exit 1 on an alarm, 2 on an error."""
+    import json
+
+    from tuneloop import monitor as monitor_stage
+
+    try:
+        result = monitor_stage.run(run, registry=registry, config=config, feedback_db=feedback_db, model=model, html=html,
+                                   overrides={"monitor.db": db, "monitor.last": last, "monitor.since": since, **parse_sets(sets)})
+    except TuneloopError as e:  # 2, not 1: a cron job must tell "alarm" from "could not check"
+        err_console.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from None
+    if json_out:
+        print(json.dumps(result.report, ensure_ascii=False))
+    else:
+        console.print(result.summary(), highlight=False)
+    raise typer.Exit(result.exit_code)
+
+
+@app.command()
 def loop(
     config: Path = typer.Option(..., "--config", "-c", help="YAML run config (prepare.inputs, train, loop sections)."),
     registry: Optional[str] = RegistryOpt,

@@ -282,6 +282,30 @@ class LoopConfig(_Section):
     require_fairness: bool = Field(True, description="Run the fairness audit against the promoted model and refuse a candidate that fails it.")
 
 
+class MonitorConfig(_Section):
+    """`tuneloop monitor`: the window of logged predictions it reads and when it raises an alarm."""
+
+    db: str | Path | None = Field(None, description="Prediction log the server writes (default: feedback.db, where `serve` logs by default).")
+    last: int | None = Field(1000, gt=0, description="Window: the newest this many predictions of the served model (with `since`: both limits).")
+    since: str | None = Field(None, description="Window: predictions at or after this ISO 8601 time (UTC unless it has an offset).")
+    min_predictions: int = Field(100, gt=0, description="Fewer predictions in the window: report that, raise no alarm.")
+    alpha: float = Field(0.005, gt=0, lt=1, description="A drift test fires only when its p-value is below this (and its effect size above its limit).")
+    max_length_ks: float = Field(0.2, gt=0, le=1, description="Input length: largest Kolmogorov-Smirnov distance between window and reference.")
+    max_oov_increase: float = Field(0.1, gt=0, le=1, description="Input words unknown to the training data: largest rise of the mean per-text rate.")
+    embedding_model: str | None = Field("minilm", description="Sentence encoder for embedding drift (`minilm`: the bundled all-MiniLM-L6-v2; a folder; None: skip).")
+    max_embedded: int = Field(500, gt=1, description="Texts embedded at most per side (window, reference): a seeded sample.")
+    permutations: int = Field(1000, ge=100, description="Permutations of the MMD test's p-value.")
+    max_psi: float = Field(0.2, gt=0, description="Label mix: largest population stability index between window and reference predictions.")
+    max_confidence_ks: float = Field(0.2, gt=0, le=1, description="Confidence: largest Kolmogorov-Smirnov distance between window and reference.")
+    max_estimated_drop: float = Field(0.05, gt=0, le=1, description="CBPE: largest fall of estimated accuracy below the reference's.")
+    min_feedback: int = Field(30, gt=0, description="Rated predictions needed before realized metrics can raise an alarm.")
+    max_realized_drop: float = Field(0.05, gt=0, le=1, description="Realized accuracy on feedback: largest fall below the reference's test accuracy "
+                                     "(and the interval's upper end must be below it too).")
+    min_group_size: int = Field(30, gt=0, description="Groups with fewer predictions are reported but raise no alarm.")
+    max_group_gap: float = Field(0.1, gt=0, le=1, description="Largest gap in estimated accuracy between the groups of one attribute.")
+    seed: int = Field(0, description="Seed of the samples, bootstraps and permutations (the same window gives the same report).")
+
+
 class RunConfig(_Section):
     """A whole run: shared fields plus one section per stage."""
 
@@ -296,6 +320,7 @@ class RunConfig(_Section):
     fairness: FairnessConfig = Field(default_factory=FairnessConfig)
     feedback: FeedbackConfig = Field(default_factory=FeedbackConfig)
     loop: LoopConfig = Field(default_factory=LoopConfig)
+    monitor: MonitorConfig = Field(default_factory=MonitorConfig)
 
 
 def format_validation_error(err: ValidationError) -> str:
