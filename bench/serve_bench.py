@@ -207,7 +207,7 @@ def contention(run: str, args: argparse.Namespace, folder: Path) -> dict[str, An
         wall = time.perf_counter() - started
         in_flight = _get(port, "/health")["queued"]  # the heavy request's texts not yet run
     finally:
-        proc.terminate()
+        proc.kill()  # not terminate: a graceful stop would wait for the heavy request to finish
         proc.wait(60)
     thread.join()
     done = [lat for lat, status, _ in heavy if status == 200]
