@@ -404,6 +404,9 @@ def loop(
     feedback_db: Optional[str] = typer.Option(None, help="Feedback store the server writes, a file or URL (default: feedback.db in the config)."),
     out: Optional[Path] = typer.Option(None, help="Folder for the rounds (default: loop.out)."),
     threads: Optional[int] = ThreadsOpt,
+    once: bool = typer.Option(False, "--once", help="Monitor the promoted model; start a round only if an alarm fires and "
+                              "enough new feedback arrived (cool-down, rounds per day: monitor section). For cron."),
+    watch: bool = typer.Option(False, "--watch", help="Do --once every monitor.interval_minutes until stopped."),
     sets: Optional[list[str]] = SetOpt,
 ) -> None:
     """One round: feedback -> prepare -> train -> eval -> fairness -> gate -> promote or keep."""
@@ -411,6 +414,14 @@ def loop(
 
     cfg = _config(config, {"loop.registry": registry, "feedback.db": feedback_db, "loop.out": out,
                            "train.threads": threads, "eval.threads": threads}, sets)
+    if once or watch:
+        from tuneloop.monitor import watch as watcher
+
+        if watch:
+            watcher.watch(cfg, lambda line: console.print(line, highlight=False))
+        else:
+            console.print(watcher.check(cfg).summary(), highlight=False)
+        return
     console.print(loop_stage.run(cfg).summary())
 
 

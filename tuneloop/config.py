@@ -304,6 +304,11 @@ class MonitorConfig(_Section):
     min_group_size: int = Field(30, gt=0, description="Groups with fewer predictions are reported but raise no alarm.")
     max_group_gap: float = Field(0.1, gt=0, le=1, description="Largest gap in estimated accuracy between the groups of one attribute.")
     seed: int = Field(0, description="Seed of the samples, bootstraps and permutations (the same window gives the same report).")
+    min_new_feedback: int = Field(50, ge=0, description="`loop --watch/--once`: feedback records that must have arrived since the last "
+                                  "triggered round before an alarm starts another.")
+    cooldown_minutes: float = Field(60.0, ge=0, description="`loop --watch/--once`: no new round within this many minutes of the last triggered one.")
+    max_rounds_per_day: int = Field(3, ge=0, description="`loop --watch/--once`: most rounds alarms may start in any 24 hours.")
+    interval_minutes: float = Field(10.0, gt=0, description="`loop --watch`: minutes between checks.")
 
 
 class RunConfig(_Section):

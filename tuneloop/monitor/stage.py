@@ -210,7 +210,7 @@ def _alarms(m: MonitorConfig, report: dict[str, Any]) -> list[dict[str, Any]]:
 
 def run(run_dir: Path | None = None, *, registry: str | None = None, config: Path | None = None,
         overrides: dict[str, Any] | None = None, feedback_db: str | Path | None = None, model: str | None = None,
-        html: Path | None = None) -> MonitorResult:
+        html: Path | None = None, settings: MonitorConfig | None = None) -> MonitorResult:
     """Compare a window of logged predictions with the served model's reference and raise alarms.
 
     Args:
@@ -221,6 +221,7 @@ def run(run_dir: Path | None = None, *, registry: str | None = None, config: Pat
         feedback_db: Feedback store for realized metrics (default: the config's `feedback.db`).
         model: The name the predictions were logged under (default: the registry name or folder name).
         html: Also write the report as an HTML page here.
+        settings: Use these thresholds instead of the run config's `monitor:` section (the loop's own config).
 
     Returns:
         The report; `.exit_code` is 1 when an alarm fired.
@@ -234,10 +235,10 @@ def run(run_dir: Path | None = None, *, registry: str | None = None, config: Pat
     run_dir, name = resolve_model(run_dir, registry)
     name = model or name
     cfg = load_run_config(run_dir, config, overrides or {})
-    m = cfg.monitor
+    m = settings or cfg.monitor
     ref = read_reference(run_dir)
     labels = list(ref[0]["probabilities"]) if ref else []
-    target = m.db or cfg.feedback.db
+    target = m.db or feedback_db or cfg.feedback.db
     rows = read_window(target, model=name, last=m.last, since=utc_time(m.since), kind="classify")
     window = {"n": len(rows), "series": _series(rows), "first": rows[0]["created"] if rows else None, "last": rows[-1]["created"] if rows else None,
               "last_n": m.last, "since": m.since, "db": str(target)}
