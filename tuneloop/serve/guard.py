@@ -9,6 +9,7 @@ auth) in `request.state.client`, so that queue limits apply per client.
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 
 from fastapi import FastAPI, Request
@@ -44,6 +45,14 @@ def check_key(authorization: str, keys: list[str]) -> ApiError | None:
     return None
 
 
+def client_id(scope: Scope) -> str:
+    """Who sent a request, for queue limits: a digest of its key (the key itself is never kept), else its address."""
+    _, _, key = Headers(scope=scope).get("authorization", "").partition(" ")
+    if key.strip():
+        return "key:" + hashlib.sha256(key.strip().encode()).hexdigest()[:16]
+    return f"addr:{(scope.get('client') or ('?',))[0]}"
+
+
 def _content_length(headers: Headers) -> int | None:
     try:
         return int(headers["content-length"])
@@ -66,9 +75,7 @@ class Guard:
                 await error_response(error)(scope, receive, send)
                 return
             receive = self._counting(receive)
-            _, _, key = Headers(scope=scope).get("authorization", "").partition(" ")
-            peer = (scope.get("client") or ("?",))[0]
-            scope.setdefault("state", {})["client"] = f"key:{key.strip()}" if key.strip() else f"addr:{peer}"
+            scope.setdefault("state", {})["client"] = client_id(scope)
         await self.app(scope, receive, send)
 
     def _counting(self, receive: Receive) -> Receive:

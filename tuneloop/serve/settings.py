@@ -44,7 +44,7 @@ class ServeSettings(BaseModel):
     max_batch_tokens: int = Field(1024, gt=0, description="Classify: tokens one batched call aims at, shared equally by the "
                                   "waiting requests (lower: long texts delay other clients less).")
     max_queue: int = Field(4096, gt=0, description="Most jobs (chat requests, classify texts) waiting in all; above: 503 with Retry-After.")
-    max_client_queue: int = Field(1024, gt=0, description="Most jobs one client (API key) may have waiting; above: 429 with Retry-After.")
+    max_client_queue: int = Field(1024, gt=0, description="Most jobs one client (API key, or address without auth) may have waiting; above: 429 with Retry-After.")
     batch_wait_ms: float = Field(25.0, ge=0, description="How long a batch waits for company (requests of clients that "
                                  "were in recent batches and are sending their next one).")
     batching: bool = Field(True, description="Gather concurrent requests into batches (off: one request per model call).")
