@@ -545,6 +545,8 @@ def test_admin_actions_need_an_admin_key(runs: dict[str, Path], tmp_path: Path, 
         assert status == 403 and "--admin-key" in out["error"]["message"]
     with pytest.raises(TuneloopError, match="both"):
         ServeSettings(api_keys=["k"], admin_keys=["k"]).check()
+    with pytest.raises(TuneloopError, match="--max-client-queue"):
+        ServeSettings(api_keys=["k"], max_inputs=300, max_client_queue=100).check()
 
 
 def test_a_large_classify_request_runs_in_micro_batches_beside_other_clients() -> None:

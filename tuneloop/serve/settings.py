@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from tuneloop.config import FeedbackConfig, format_validation_error
 from tuneloop.errors import TuneloopError
@@ -60,24 +60,22 @@ class ServeSettings(BaseModel):
         """The admin keys: `admin_keys` plus those in $TUNELOOP_ADMIN_KEYS."""
         return _with_env(self.admin_keys, ADMIN_KEYS_ENV)
 
-    @model_validator(mode="after")
-    def _limits(self) -> ServeSettings:
-        if not self.max_inputs <= self.max_client_queue <= self.max_queue:
-            raise ValueError(f"need max_inputs ({self.max_inputs}) <= max_client_queue ({self.max_client_queue}) "
-                             f"<= max_queue ({self.max_queue}): a request must fit in the queue")
-        return self
 
     def check(self) -> None:
-        """Refuse settings that would expose the model without authentication.
+        """Refuse settings that would expose the model without authentication, or limits that cannot hold.
 
         Raises:
-            TuneloopError: `no_auth` on a non-loopback host, or no API key without `no_auth`.
+            TuneloopError: `no_auth` on a non-loopback host, no API key without `no_auth`, a key that
+                is both an API and an admin key, or a queue limit smaller than one request.
         """
         if self.no_auth and not is_loopback(self.host):
             raise TuneloopError(
                 f"--no-auth is only allowed on a loopback host (127.0.0.1, ::1, localhost), not {self.host!r}; "
                 f"give --api-key KEY (or set {API_KEYS_ENV}) to serve on {self.host}"
             )
+        if not self.max_inputs <= self.max_client_queue <= self.max_queue:
+            raise TuneloopError(f"--max-inputs ({self.max_inputs}) <= --max-client-queue ({self.max_client_queue}) <= "
+                                f"--max-queue ({self.max_queue}) must hold, or a request could never fit in the queue")
         if set(self.keys()) & set(self.admin_key_list()):
             raise TuneloopError("a key is both an API key and an admin key: give admin keys that are not API keys")
         if not self.no_auth and not self.keys() and not self.admin_key_list():
