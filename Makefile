@@ -5,7 +5,7 @@ export HF_HUB_OFFLINE := 1
 export HF_HUB_DISABLE_TELEMETRY := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: demo demo-generate loop-demo test test-integration bench clean
+.PHONY: demo demo-generate loop-demo test test-integration bench clean postgres
 
 # torch first (the CPU wheel on this machine's disk); an unpinned torch would pull a CUDA build.
 $(BIN)/.installed: requirements.txt requirements-data.txt pyproject.toml
@@ -28,7 +28,15 @@ demo-generate: $(BIN)/.installed
 loop-demo: $(BIN)/.installed
 	bash examples/loop_demo.sh
 
-test: $(BIN)/.installed
+# The storage tests start a throwaway PostgreSQL server (tests/postgres.py): install the Debian
+# package when its binaries are missing (as root, or with sudo); without it those tests are skipped.
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+postgres:
+	@ls /usr/lib/postgresql/*/bin/initdb > /dev/null 2>&1 || command -v initdb > /dev/null || \
+	  { $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq postgresql > /dev/null; } || \
+	  echo "PostgreSQL could not be installed: the PostgreSQL tests will be skipped"
+
+test: $(BIN)/.installed postgres
 	$(BIN)/python -m pytest
 
 test-integration: $(BIN)/.installed

@@ -330,7 +330,10 @@ def serve(
     log_retention_days: Optional[float] = typer.Option(None, help="Delete logged predictions after this many days (default 30)."),
 ) -> None:
     """Serve a model behind an OpenAI-compatible API (+ /v1/classify, /v1/feedback, /health, /docs)."""
-    from tuneloop.serve import serve as serve_app, settings_from
+    try:
+        from tuneloop.serve import serve as serve_app, settings_from
+    except ModuleNotFoundError as e:
+        raise TuneloopError(f"tuneloop serve needs {e.name}, which is not installed: pip install 'tuneloop[serve]'") from None
 
     settings = settings_from(model=model, host=host, port=port, api_keys=api_key, admin_keys=admin_key, no_auth=no_auth,
                              registry=registry, feedback_db=feedback_db, max_tokens=max_tokens, max_body_bytes=max_body_bytes,
