@@ -130,6 +130,14 @@ def test_same_idempotency_key_is_stored_once(target: str) -> None:
     assert other["id"] != first["id"] and store.count() == 2
 
 
+def test_the_same_key_posted_at_once_by_many_threads_is_stored_once(target: str) -> None:
+    store = FeedbackStore(target)
+    rid = _chat(store, "hi", "hello")
+    with ThreadPoolExecutor(8) as pool:
+        got = list(pool.map(lambda i: store.add_feedback(response_id=rid, rating=1 + i % 5, idempotency_key="same"), range(32)))
+    assert len({r["id"] for r in got}) == 1 and store.count() == 1
+
+
 def _post_feedback(args: tuple[str, list[str], int, int]) -> int:
     """One client process: threads post `n` feedback records, then retry the first 25 (same keys)."""
     db, response_ids, start, n = args
@@ -257,8 +265,8 @@ def _open_store(target: str) -> str:
 
 def test_many_processes_opening_an_empty_database_at_once_create_the_schema_once(target: str) -> None:
     ctx = multiprocessing.get_context("spawn")
-    with ctx.Pool(6) as pool:
-        assert pool.map(_open_store, [target] * 12) == ["ok"] * 12
+    with ctx.Pool(4) as pool:
+        assert pool.map(_open_store, [target] * 8) == ["ok"] * 8
     store = FeedbackStore(target)
     with store.engine.connect() as c:
         assert c.exec_driver_sql("SELECT component, version FROM tuneloop_schema").all() == [("feedback", 2)]
@@ -267,8 +275,8 @@ def test_many_processes_opening_an_empty_database_at_once_create_the_schema_once
 # --- export: classify ----------------------------------------------------------------------------
 
 @pytest.fixture()
-def classify_db(tmp_path: Path) -> Path:
-    db = tmp_path / "feedback.db"
+def classify_db(target: str) -> str:
+    db = target  # SQLite and PostgreSQL: export reads both the same way
     store = FeedbackStore(db)
     batch = _classify(store, ["I loved this film", "What a bad day", "It was a waste of time"],
                       ["negative", "negative", "negative"])
@@ -292,7 +300,7 @@ def classify_db(tmp_path: Path) -> Path:
     return db
 
 
-def test_export_classify_turns_feedback_into_labelled_rows(classify_db: Path, tmp_path: Path) -> None:
+def test_export_classify_turns_feedback_into_labelled_rows(classify_db: str, tmp_path: Path) -> None:
     test = _write_jsonl(tmp_path / "test.jsonl", [{"text": "write to [EMAIL] now", "label": "negative"}])
     train = _write_jsonl(tmp_path / "train.jsonl", [{"text": "Popcorn  was cold", "label": "negative"},
                                                     {"text": "unrelated", "label": "positive"}])
@@ -314,14 +322,14 @@ def test_export_classify_turns_feedback_into_labelled_rows(classify_db: Path, tm
     assert "feedback export (classify)" in res.summary().title
 
 
-def test_export_skips_a_correction_that_contradicts_training_data(classify_db: Path, tmp_path: Path) -> None:
+def test_export_skips_a_correction_that_contradicts_training_data(classify_db: str, tmp_path: Path) -> None:
     train = _write_jsonl(tmp_path / "train.jsonl", [{"text": "i loved this film", "label": "negative"}])
     res = feedback.export(classify_db, tmp_path / "out", task="classify", cfg=FeedbackConfig(), existing=[train])
     assert "I loved this film" not in {r["text"] for r in _jsonl(res.feedback)}
     assert res.report["examples"]["skipped"] == {"conflicts_existing": 1}
 
 
-def test_export_without_positive_examples(classify_db: Path, tmp_path: Path) -> None:
+def test_export_without_positive_examples(classify_db: str, tmp_path: Path) -> None:
     res = feedback.export(classify_db, tmp_path / "out", task="classify", cfg=FeedbackConfig(include_positive=False))
     assert "What a bad day" not in {r["text"] for r in _jsonl(res.feedback)}
     assert res.report["feedback"]["positive_not_included"] == 1
@@ -410,7 +418,7 @@ def test_a_file_that_is_not_sqlite_is_refused(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("task", ["classify", "generate"])
-def test_exported_rows_pass_prepare_cleanly(task: str, classify_db: Path, chat_db: Path, tmp_path: Path) -> None:
+def test_exported_rows_pass_prepare_cleanly(task: str, classify_db: str, chat_db: Path, tmp_path: Path) -> None:
     db = classify_db if task == "classify" else chat_db
     res = feedback.export(db, tmp_path / "fb", task=task, cfg=FeedbackConfig(), labels=LABELS if task == "classify" else None)
     cfg = load_config(None, {"task": task, "prepare.inputs": [str(res.feedback)], "prepare.out": tmp_path / "prep",

@@ -143,8 +143,8 @@ def _open(url: str) -> str:
 
 
 def test_processes_opening_an_empty_database_at_once_create_the_schema_once(target: str) -> None:
-    with mp.get_context("spawn").Pool(6) as pool:
-        assert pool.map(_open, [target] * 12) == ["ok"] * 12
+    with mp.get_context("spawn").Pool(4) as pool:
+        assert pool.map(_open, [target] * 8) == ["ok"] * 8
     with Registry(target).engine.connect() as c:
         import sqlalchemy as sa
 
