@@ -122,7 +122,7 @@ class ChatRequest(_Strict):
     stream_options: StreamOptions | None = None
     seed: int | None = Field(None, ge=SEED_RANGE[0], le=SEED_RANGE[1],
                              description="Seed for sampling (the same seed and prompt give the same answer).")
-    user: Text | None = Field(None, description="An end-user id, stored with the response.")
+    user: Text | None = Field(None, description="An end-user id (accepted for OpenAI compatibility; not stored: the feedback store keeps only what export needs).")
     frequency_penalty: float = Field(0.0, ge=-2, le=2, description="Only 0 (no penalty) is supported.")
     presence_penalty: float = Field(0.0, ge=-2, le=2, description="Only 0 (no penalty) is supported.")
     logprobs: bool = Field(False, description="Only false: token log-probabilities are not returned.")
