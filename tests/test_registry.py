@@ -108,7 +108,7 @@ def test_concurrent_promotions_leave_exactly_one_promoted(target: str, reg: Regi
         outcomes = [o for got in pool.starmap(_promote_many, [(target, names[i::2] * 10) for i in range(2)]) for o in got]
     # Each promotion either happened or lost a race and said so in one line; nothing else.
     assert all(o == "ok" or o.endswith("was promoted by another process a moment ago") for o in outcomes), outcomes
-    assert outcomes.count("ok") >= len(outcomes) // 2
+    assert "ok" in outcomes
     assert sum(r.status == "promoted" for r in reg.list()) == 1
 
 

@@ -31,6 +31,8 @@ from tuneloop.errors import TuneloopError
 from tuneloop.store import db
 
 STATUSES = ("candidate", "promoted", "retired")
+#: PostgreSQL advisory-lock key that promotions and rollbacks hold in turn (b"promotes" as an int).
+PROMOTION_LOCK_KEY = int.from_bytes(b"promotes", "big")
 
 
 def default_url() -> str:
@@ -218,15 +220,19 @@ class Registry:
         """Make `name` the served model and retire the one served before, in one transaction.
 
         Raises:
-            TuneloopError: unknown name, or another process promoted a model at the same moment
-                (PostgreSQL; the message names it, and `name` was not promoted).
+            TuneloopError: unknown name, or another process promoted a model between this call's
+                start and its turn (the message names it; `name` was not promoted).
         """
-        with self._writing(lambda: f"{self._promoted_name()} was promoted by another process a moment ago; "
-                                   f"{name} was not promoted (run the command again to promote it anyway)"), \
-                self._writer.begin() as c:
+        seen = self._promoted_name(None)  # the state this promotion was decided on
+        lost = lambda: (f"{self._promoted_name()} was promoted by another process a moment ago; "  # noqa: E731
+                        f"{name} was not promoted (run the command again to promote it anyway)")
+        with self._writing(lost), self._writer.begin() as c:
+            _serialise(c)
             if c.execute(sa.select(_models.c.name).where(_models.c.name == name)).first() is None:
                 raise self._unknown(c, name)
             prev = c.execute(sa.select(_models.c.name).where(_models.c.status == "promoted")).scalar()
+            if prev != seen and prev != name:
+                raise TuneloopError(lost())
             if prev is not None and prev != name:
                 c.execute(_models.update().where(_models.c.name == prev).values(status="retired"))
             if prev != name:
@@ -239,6 +245,7 @@ class Registry:
         with self._writing(lambda: f"{self._promoted_name()} was promoted by another process a moment ago; "
                                    "nothing was rolled back (look at `tuneloop models list`, then run it again)"), \
                 self._writer.begin() as c:
+            _serialise(c)
             current = c.execute(sa.select(_models.c.name).where(_models.c.status == "promoted")).scalar()
             if current is None:
                 raise TuneloopError("nothing is promoted, so there is nothing to roll back")
@@ -267,9 +274,9 @@ class Registry:
         with self._writer.begin() as c:
             self._event(c, action, name, None, reason, evidence or {})
 
-    def _promoted_name(self) -> str:
+    def _promoted_name(self, default: str | None = "another model") -> str | None:
         rec = self.promoted()
-        return rec.name if rec else "another model"
+        return rec.name if rec else default
 
     @contextmanager
     def _writing(self, lost: str | Callable[[], str]) -> Iterator[None]:
@@ -286,3 +293,9 @@ class Registry:
         c.execute(_events.insert().values(at=_now(), action=action, name=name, previous=previous, reason=reason,
                                           evidence=json.loads(json.dumps(evidence, default=str))))
 
+
+def _serialise(c: sa.Connection) -> None:
+    """Make promotions and rollbacks take turns (until commit): on PostgreSQL an advisory lock, since
+    two concurrent ones would otherwise deadlock on each other's rows; SQLite's BEGIN IMMEDIATE already does."""
+    if c.dialect.name == "postgresql":
+        c.execute(sa.select(sa.func.pg_advisory_xact_lock(PROMOTION_LOCK_KEY)))
