@@ -94,3 +94,21 @@ def test_a_full_queue_drops_and_counts_instead_of_blocking(tmp_path: Path) -> No
     log.log(_rows(50))  # the writer can take at most a couple before the queue is full
     assert log.dropped >= 40
     log.close(timeout=10)
+
+
+def test_metrics_endpoint_counts_requests_errors_and_the_log(head_run: Path, tmp_path: Path) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with running(model=str(head_run), feedback_db=tmp_path / "fb.db", name="sentiment") as (url, app):
+        assert call(url, "POST", "/v1/classify", {"input": ["good", "bad"]})[0] == 200
+        assert call(url, "POST", "/v1/classify", {"input": "good"}, key="wrong")[0] == 401
+        assert app.state.tuneloop.predlog.flush()
+        status, text = call(url, "GET", "/metrics", key=None)
+    assert status == 200
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for fam in text_string_to_metric_families(text) for s in fam.samples}
+    assert samples[("tuneloop_requests_total", (("path", "/v1/classify"), ("status", "200")))] == 1
+    assert samples[("tuneloop_requests_total", (("path", "/v1/classify"), ("status", "401")))] == 1
+    assert samples[("tuneloop_model_info", (("kind", "head"), ("model", "sentiment"), ("task", "classify")))] == 1
+    assert samples[("tuneloop_prediction_log_rows", (("outcome", "written"),))] == 2
+    assert samples[("tuneloop_request_seconds_count", (("path", "/v1/classify"),))] == 2

@@ -27,6 +27,7 @@ from tuneloop.serve.batcher import Batcher
 from tuneloop.serve.classify import classify
 from tuneloop.serve.generation import ChatOut, ChatRow, generate_rows
 from tuneloop.serve.guard import Guard, install_error_handlers
+from tuneloop.serve.metrics import MetricsMiddleware, ServeMetrics, metrics_endpoint
 from tuneloop.serve.models import ModelHolder, ServedModel, load_initial
 from tuneloop.serve.schemas import ApiError, ChatRequest, ClassifyRequest, FeedbackRequest
 from tuneloop.serve.settings import ServeSettings
@@ -361,6 +362,9 @@ def create_app(settings: ServeSettings) -> FastAPI:
                   lifespan=lifespan)
     app.state.tuneloop = state
     app.add_middleware(Guard, settings=settings)
+    app.state.metrics = ServeMetrics(state)
+    app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)  # outermost: counts what Guard refuses too
+    app.add_route("/metrics", metrics_endpoint, methods=["GET"], include_in_schema=False)
     install_error_handlers(app, settings)
     app.include_router(public)
     app.include_router(api)
