@@ -192,3 +192,11 @@ def test_a_missing_reference_names_the_command_that_writes_it(served: Path) -> N
     (served / "eval" / "reference.jsonl").unlink()
     out = CliRunner().invoke(app, ["monitor", str(served)])
     assert out.exit_code == 2 and "tuneloop eval" in out.output
+
+
+def test_reference_embeddings_are_cached_and_give_the_same_report(served: Path, tiny_bert: Path) -> None:
+    _log(served.parent / "fb.db", _traffic(150, 14))
+    over = {"monitor.embedding_model": str(tiny_bert), "monitor.max_embedded": 100}
+    first = run(served, overrides=over).report["drift"]["input"]["embedding"]
+    assert len(list((served / "eval").glob("reference_embeddings-*.npy"))) == 1
+    assert run(served, overrides=over).report["drift"]["input"]["embedding"] == first

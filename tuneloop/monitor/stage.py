@@ -8,6 +8,7 @@ and the threshold it crossed. No alarm is raised on a window with too few predic
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -152,7 +153,26 @@ def _probs(rows: list[dict[str, Any]], labels: list[str]) -> np.ndarray:
     return np.array([[(r.get("probabilities") or {}).get(lab, 0.0) for lab in labels] for r in rows], dtype=np.float64)
 
 
-def _input_drift(m: MonitorConfig, cfg: RunConfig, ref: list[dict[str, Any]], rows: list[dict[str, Any]]) -> dict[str, Any]:
+def _reference_embeddings(encoder: Any, texts: list[str], m: MonitorConfig, run_dir: Path) -> np.ndarray:
+    """The reference sample's embeddings, cached in `RUN/eval/` (they are the same at every check: half the work)."""
+    key = hashlib.sha256(json.dumps([str(m.embedding_model), texts]).encode("utf-8", "surrogatepass")).hexdigest()[:16]
+    path = run_dir / "eval" / f"reference_embeddings-{key}.npy"
+    try:
+        return np.load(path, allow_pickle=False)
+    except (OSError, ValueError):
+        pass
+    emb = encoder.encode(texts).numpy()
+    try:  # a read-only run folder only costs the cache
+        tmp = path.with_suffix(".tmp.npy")
+        np.save(tmp, emb, allow_pickle=False)
+        tmp.replace(path)
+    except OSError:
+        pass
+    return emb
+
+
+def _input_drift(m: MonitorConfig, cfg: RunConfig, ref: list[dict[str, Any]], rows: list[dict[str, Any]],
+                 run_dir: Path) -> dict[str, Any]:
     out: dict[str, Any] = {"length": drift.ks([len(r["text"]) for r in ref], [r["input_chars"] or 0 for r in rows])}
     texts = [r["input"] for r in rows if r.get("input")]
     ref_texts = [r["text"] for r in ref]
@@ -168,8 +188,9 @@ def _input_drift(m: MonitorConfig, cfg: RunConfig, ref: list[dict[str, Any]], ro
         rng = np.random.default_rng(m.seed)
         pick = lambda xs: [xs[i] for i in sorted(rng.choice(len(xs), min(len(xs), m.max_embedded), replace=False))]  # noqa: E731
         encoder = SentenceEncoder(m.embedding_model)
-        out["embedding"] = drift.mmd_test(encoder.encode(pick(ref_texts)).numpy(), encoder.encode(pick(texts)).numpy(),
-                                          permutations=m.permutations, seed=m.seed)
+        ref_sample = pick(ref_texts)
+        out["embedding"] = drift.mmd_test(_reference_embeddings(encoder, ref_sample, m, run_dir),
+                                          encoder.encode(pick(texts)).numpy(), permutations=m.permutations, seed=m.seed)
         out["embedding"]["model"] = m.embedding_model
     return out
 
@@ -256,7 +277,7 @@ def run(run_dir: Path | None = None, *, registry: str | None = None, config: Pat
     report["reference"] = {"n": len(ref), "accuracy": float(np.mean(ref_right)),
                            "estimated_accuracy": float(ref_probs.max(1).mean())}
     report["drift"] = {
-        "input": _input_drift(m, cfg, ref, rows),
+        "input": _input_drift(m, cfg, ref, rows, run_dir),
         "prediction": {"labels": drift.label_shift([r["prediction"] for r in ref], [r["output"] for r in rows], labels),
                        "confidence": drift.ks(ref_probs.max(1), probs.max(1))},
     }
