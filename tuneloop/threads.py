@@ -9,6 +9,8 @@ is the loop's normal case: `tuneloop serve` answers requests while `tuneloop loo
 - Every tuneloop compute process announces itself (pid, start time, threads, command) in a small
   JSON file under a per-user runtime folder and withdraws it at exit; entries of dead pids (or of a
   pid reused by another program) are ignored and removed.
+- Cores kept busy by other programs (the 1-minute load average less the threads tuneloop processes
+  hold) are not free either: on 2 cores at load 10, a lone trainer runs 1 thread, not 2.
 - Threads given explicitly (`--threads N`) are held as given. The other processes split the cores
   that those leave free, in start order, the first ones taking the remainder: a server and a trainer
   on 2 cores take 1 each; the server goes back to 2 when the trainer exits (long-running loops call
@@ -35,6 +37,8 @@ F = TypeVar("F", bound=Callable[..., Any])
 # A long-running process re-reads the other processes' files at most this often (a few file reads).
 REFRESH_S = 2.0
 CGROUP = Path("/sys/fs/cgroup")
+# Count the load of programs that are not tuneloop's as busy cores (TUNELOOP_THREADS_LOAD=0: ignore it).
+LOAD_AWARE = os.environ.get("TUNELOOP_THREADS_LOAD", "1") != "0"
 
 
 @dataclass(frozen=True)
@@ -61,7 +65,7 @@ class Choice:
 
 
 def choose(requested: int | None, affinity: int, quota: float | None, others: list[Holder], *,
-           since: float = 0.0, pid: int = 0, local_world: int = 1) -> Choice:
+           since: float = 0.0, pid: int = 0, local_world: int = 1, busy: float = 0.0) -> Choice:
     """Split the cores free to this process between it and the other tuneloop compute processes.
 
     Args:
@@ -73,6 +77,8 @@ def choose(requested: int | None, affinity: int, quota: float | None, others: li
         pid: This process's pid (breaks ties in start time).
         local_world: Processes of this process's own DDP group on the machine, counted even
             before they have announced themselves.
+        busy: Cores kept busy by programs that are not tuneloop's (the load average less the
+            tuneloop threads; `other_load`), rounded: they are not free either.
 
     Returns:
         The choice, e.g. `1 thread: 2 cores, shared with tuneloop serve pid 123`.
@@ -87,14 +93,17 @@ def choose(requested: int | None, affinity: int, quota: float | None, others: li
     pinned = [o for o in others if o.pinned]
     held = sum(o.threads for o in pinned)
     sharing = sorted([o for o in others if not o.pinned], key=lambda o: (o.since, o.pid))
-    free = max(0, cores - held)
+    foreign = min(cores, round(busy))
+    free = max(0, cores - held - foreign)
     n_procs = max(len(sharing) + 1, local_world)
     share, extra = divmod(free, n_procs)
     ahead = sum(1 for o in sharing if (o.since, o.pid) < (since, pid))
     threads = max(1, share + (1 if ahead < extra else 0))
-    if not others and local_world == 1:
+    if not others and local_world == 1 and not foreign:
         return Choice(threads, cores, f"{_n(threads)}: {where} free of {affinity}" if quota else f"{_n(threads)}: {where} free")
     parts = [f"{held} held by " + ", ".join(_who(o) for o in pinned)] if pinned else []
+    if foreign:
+        parts.append(f"load {busy:.1f} from other programs")
     if sharing:
         parts.append("shared with " + ", ".join(_who(o) for o in sharing))
     if local_world > 1:
@@ -119,6 +128,16 @@ def affinity_cores() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # macOS, Windows
         return os.cpu_count() or 1
+
+
+def other_load(holders_threads: int, own_threads: int = 0, loadavg: float | None = None) -> float:
+    """Runnable threads of programs that are not tuneloop's: the 1-minute load average less the
+    threads tuneloop processes hold (this one's included once it runs). Zero where the OS has no load average."""
+    try:
+        load = os.getloadavg()[0] if loadavg is None else loadavg
+    except OSError:
+        return 0.0
+    return max(0.0, load - holders_threads - own_threads)
 
 
 def parse_cpu_max(text: str) -> float | None:
@@ -332,7 +351,10 @@ def release() -> None:
 def _decide(requested: int | None, since: float) -> Choice:
     others = holders(procs_dir(), exclude=os.getpid())
     local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
-    return choose(requested, affinity_cores(), cgroup_quota(), others, since=since, pid=os.getpid(), local_world=local)
+    own = _claim.choice.threads if _claim else 0  # a running process's own threads are in the load average
+    busy = other_load(sum(o.threads for o in others), own) if LOAD_AWARE else 0.0
+    return choose(requested, affinity_cores(), cgroup_quota(), others, since=since, pid=os.getpid(), local_world=local,
+                  busy=busy)
 
 
 def _apply(threads: int) -> None:
