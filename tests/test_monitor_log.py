@@ -112,3 +112,10 @@ def test_metrics_endpoint_counts_requests_errors_and_the_log(head_run: Path, tmp
     assert samples[("tuneloop_model_info", (("kind", "head"), ("model", "sentiment"), ("task", "classify")))] == 1
     assert samples[("tuneloop_prediction_log_rows", (("outcome", "written"),))] == 2
     assert samples[("tuneloop_request_seconds_count", (("path", "/v1/classify"),))] == 2
+
+
+def test_the_log_can_be_turned_off(head_run: Path, tmp_path: Path) -> None:
+    with running(model=str(head_run), feedback_db=tmp_path / "fb.db", log_predictions=False) as (url, app):
+        assert call(url, "POST", "/v1/classify", {"input": "good"})[0] == 200
+        _, health = call(url, "GET", "/health")
+    assert health["prediction_log"] is None and app.state.tuneloop.predlog is None

@@ -325,6 +325,7 @@ def serve(
     batching: Optional[bool] = typer.Option(None, "--batching/--no-batching", help="Gather concurrent requests into batches."),
     reload_interval: Optional[float] = typer.Option(None, help="Seconds between checks for a newly promoted model."),
     threads: Optional[int] = ThreadsOpt,
+    log_predictions: Optional[bool] = typer.Option(None, "--log-predictions/--no-log-predictions", help="Record every answer for `tuneloop monitor` (default on)."),
     log_db: Optional[str] = typer.Option(None, help="Prediction log for `tuneloop monitor` (default: the feedback database)."),
     log_inputs: Optional[str] = typer.Option(None, help="What the prediction log keeps of inputs: redacted (default), hash or none."),
     log_retention_days: Optional[float] = typer.Option(None, help="Delete logged predictions after this many days (default 30)."),
@@ -339,7 +340,7 @@ def serve(
                              registry=registry, feedback_db=feedback_db, max_tokens=max_tokens, max_body_bytes=max_body_bytes,
                              max_batch=max_batch, max_batch_tokens=max_batch_tokens, max_queue=max_queue,
                              max_client_queue=max_client_queue, batch_wait_ms=batch_wait_ms, batching=batching,
-                             reload_interval=reload_interval, threads=threads, log_db=log_db, log_inputs=log_inputs,
+                             reload_interval=reload_interval, threads=threads, log_db=log_db, log_inputs=log_inputs, log_predictions=log_predictions,
                              log_retention_days=log_retention_days)
     settings.check()
     serve_app(settings)

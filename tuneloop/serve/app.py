@@ -344,7 +344,8 @@ def create_app(settings: ServeSettings) -> FastAPI:
                       wait_s=settings.batch_wait_ms / 1000, max_cost=settings.max_batch_tokens)
     store = FeedbackStore(settings.feedback_db, retention_days=settings.feedback_retention_days)
     predlog = PredictionLog(settings.log_db or settings.feedback_db, inputs=settings.log_inputs,
-                            retention_days=settings.log_retention_days, max_rows=settings.log_max_rows)
+                            retention_days=settings.log_retention_days,
+                            max_rows=settings.log_max_rows) if settings.log_predictions else None
     state = _State(settings, holder, store, batcher, time.time(), predlog)
 
     @asynccontextmanager
@@ -356,7 +357,8 @@ def create_app(settings: ServeSettings) -> FastAPI:
             watcher.cancel()
         await batcher.stop()
         state.store.close()
-        predlog.close()
+        if predlog:
+            predlog.close()
 
     app = FastAPI(title="tuneloop", summary="OpenAI-compatible API of a model fine-tuned with tuneloop",
                   lifespan=lifespan)

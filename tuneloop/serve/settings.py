@@ -25,6 +25,7 @@ class ServeSettings(BaseModel):
     registry: str | None = Field(None, description="Registry URL (default: $TUNELOOP_REGISTRY or sqlite:///runs/registry.db).")
     feedback_db: str | Path = Field(FeedbackConfig().db, description="Where responses and feedback are stored: a SQLite file or a postgresql:// URL.")
     feedback_retention_days: float | None = Field(FeedbackConfig().retention_days, gt=0, description="Delete stored responses nobody rated after this many days.")
+    log_predictions: bool = Field(True, description="Record every answer in the prediction log (`tuneloop monitor` reads it).")
     log_db: str | Path | None = Field(None, description="Prediction log (every answer, for `tuneloop monitor`): a SQLite file or a "
                                       "postgresql:// URL (default: the feedback database).")
     log_inputs: Literal["redacted", "hash", "none"] = Field("redacted", description="What the prediction log keeps of each input: "
