@@ -329,6 +329,7 @@ def serve(
     log_db: Optional[str] = typer.Option(None, help="Prediction log for `tuneloop monitor` (default: the feedback database)."),
     log_inputs: Optional[str] = typer.Option(None, help="What the prediction log keeps of inputs: redacted (default), hash or none."),
     log_retention_days: Optional[float] = typer.Option(None, help="Delete logged predictions after this many days (default 30)."),
+    feedback_retention_days: Optional[float] = typer.Option(None, help="Delete stored responses nobody rated after this many days (default 30)."),
 ) -> None:
     """Serve a model behind an OpenAI-compatible API (+ /v1/classify, /v1/feedback, /health, /docs)."""
     try:
@@ -341,7 +342,7 @@ def serve(
                              max_batch=max_batch, max_batch_tokens=max_batch_tokens, max_queue=max_queue,
                              max_client_queue=max_client_queue, batch_wait_ms=batch_wait_ms, batching=batching,
                              reload_interval=reload_interval, threads=threads, log_db=log_db, log_inputs=log_inputs, log_predictions=log_predictions,
-                             log_retention_days=log_retention_days)
+                             log_retention_days=log_retention_days, feedback_retention_days=feedback_retention_days)
     settings.check()
     serve_app(settings)
 

@@ -177,21 +177,24 @@ def _storage(cfg: RunConfig, study_dir: Path) -> optuna.storages.BaseStorage:
     from tuneloop.store import db
 
     what = "the tune storage (--storage)"
-    url = db.resolve(cfg.tune.storage or (study_dir / "study.db").resolve(), what)
-    db.check_driver(url, what)
-    sqlite = url.get_backend_name() == "sqlite"
+    eng = db.engine(cfg.tune.storage or (study_dir / "study.db").resolve(), what)
+    url, sqlite = eng.url, eng.dialect.name == "sqlite"
     # The heartbeat lets a resumed or second worker recognise a trial whose process was killed
     # and mark it failed (then retried once) instead of waiting on it forever.
     try:
-        return optuna.storages.RDBStorage(
-            url.render_as_string(hide_password=False),
-            engine_kwargs={"connect_args": {"timeout": 60}} if sqlite else {"pool_pre_ping": True},
-            heartbeat_interval=HEARTBEAT_S,
-            grace_period=GRACE_S,
-            heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1),
-        )
+        # Workers starting at once on an empty PostgreSQL database would race creating Optuna's tables.
+        with db.schema_lock(eng):
+            return optuna.storages.RDBStorage(
+                url.render_as_string(hide_password=False),
+                engine_kwargs={"connect_args": {"timeout": 60}} if sqlite else {"pool_pre_ping": True},
+                heartbeat_interval=HEARTBEAT_S,
+                grace_period=GRACE_S,
+                heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1),
+            )
     except sa.exc.SQLAlchemyError as e:
         raise db.db_error(e, url, f"cannot open {what}") from None
+    finally:
+        eng.dispose()
 
 
 def _objective_name(cfg: RunConfig) -> str:

@@ -19,7 +19,8 @@ from __future__ import annotations
 import os
 import re
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -163,9 +164,7 @@ def ensure_schema(eng: sa.Engine, component: str, migrations: Sequence[Migration
         if _version(eng, component) == target:  # the common case: no lock needed
             return
         with writer(eng).begin() as c:
-            if c.dialect.name == "postgresql":
-                # Held until commit: a second process waits here, then finds the schema made.
-                c.execute(sa.select(sa.func.pg_advisory_xact_lock(SCHEMA_LOCK_KEY)))
+            _lock_schema(c)  # held until commit: a second process waits here, then finds the schema made
             _versions.create(c, checkfirst=True)
             have = c.execute(sa.select(_versions.c.version).where(_versions.c.component == component)).scalar()
             if have is not None and have > target:
@@ -179,6 +178,27 @@ def ensure_schema(eng: sa.Engine, component: str, migrations: Sequence[Migration
                 c.execute(_versions.update().where(_versions.c.component == component).values(version=target))
     except sa.exc.SQLAlchemyError as e:
         raise db_error(e, eng.url, f"cannot open {what}") from None
+
+
+@contextmanager
+def schema_lock(eng: sa.Engine) -> Iterator[None]:
+    """Hold the schema lock while the body creates tables that another library owns (Optuna's).
+
+    PostgreSQL: the advisory lock `ensure_schema` takes, on a connection of its own, so that
+    processes creating the same tables at once take turns. SQLite: nothing (a held write lock
+    would block the library's own connection; SQLite serialises DDL itself).
+    """
+    if eng.dialect.name != "postgresql":
+        yield
+        return
+    with eng.begin() as c:
+        _lock_schema(c)
+        yield
+
+
+def _lock_schema(c: sa.Connection) -> None:
+    if c.dialect.name == "postgresql":
+        c.execute(sa.select(sa.func.pg_advisory_xact_lock(SCHEMA_LOCK_KEY)))
 
 
 def db_error(e: BaseException, url: sa.URL, doing: str) -> TuneloopError:
