@@ -103,3 +103,14 @@ def test_the_cli_reports_a_bad_set_in_one_line(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["train", "--data", str(tmp_path), "--out", str(tmp_path / "r"), "--set", "train.warmup=2"])
     assert result.exit_code != 0 and isinstance(result.exception, TuneloopError)
     assert "config field 'train.warmup' (got 2)" in str(result.exception)
+
+
+def test_a_run_config_takes_nulls_from_an_extra_file_and_from_set(tmp_path: Path) -> None:
+    from tuneloop.config import save_config
+    from tuneloop.runs import load_run_config
+
+    save_config(load_config(None, {"train.max_steps": 5, "train.patience": 4}), tmp_path / "config.yaml")
+    extra = tmp_path / "extra.yaml"
+    extra.write_text("train:\n  max_steps: null\n")
+    cfg = load_run_config(tmp_path, extra, parse_sets(["train.patience=null", "eval.batch_size=4"]))
+    assert (cfg.train.max_steps, cfg.train.patience, cfg.eval.batch_size) == (None, None, 4)

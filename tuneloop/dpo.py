@@ -326,13 +326,15 @@ def _setup(run_dir: Path, pairs_path: Path, cfg: DpoConfig | None, n_threads: in
     tokenizer = models.load_tokenizer(run_dir / "model", run_cfg.trust_remote_code)
     pairs, rejects = read_pairs(pairs_path, PairEncoder(tokenizer, run_cfg, meta["labels"], max_length))
     key = {"pairs": str(pairs_path.resolve()), "sha256": sha256_file(str(pairs_path)), "dpo": cfg.model_dump(mode="json")}
-    resuming = _same_phase(run_dir, key)
+    # Rank 0 decides (before it changes any file), so that every process agrees.
+    resuming = distributed.any_true(distributed.is_main() and _same_phase(run_dir, key))
     if distributed.is_main():
         _keep_sft(run_dir)  # only now: a bad pairs file leaves the run as it was
         if not resuming:  # a new phase starts again from the SFT model and replaces the previous one's records
             shutil.rmtree(run_dir / DPO_DIR, ignore_errors=True)
             (run_dir / DPO_DIR).mkdir()
             (run_dir / DPO_DIR / "phase.json").write_text(json.dumps(key, indent=1), encoding="utf-8")
+            (run_dir / "dpo_summary.json").unlink(missing_ok=True)  # until it ends, this phase is unfinished
             _drop_dpo_records(run_dir)
     distributed.barrier()
     meta = json.loads((run_dir / SFT / runs.META).read_text())  # the SFT model's, also when RUN/model holds a DPO result
