@@ -152,6 +152,10 @@ def test_a_study_on_postgresql_is_shared_and_resumed(setup, pg_url: str, tmp_pat
     trials = optuna.load_study(study_name="tuneloop", storage=pg_url.replace("postgresql://", "postgresql+psycopg://")).trials
     assert [t.state.name for t in trials] == ["COMPLETE", "COMPLETE"] and again.states["COMPLETE"] == 2
     assert {t.params["lr"] for t in trials} == {1e-3, 1e-2}  # the second worker did not repeat the first's trial
+    password = pg_url.split(":")[2].split("@")[0]
+    written = [p for p in tmp_path.rglob("*") if p.suffix in (".yaml", ".json", ".html") and p.is_file()]
+    assert any(p.name == "best.yaml" for p in written) and any("trials" in p.parts for p in written)
+    assert not [p for p in written if password in p.read_text(encoding="utf-8", errors="replace")]
 
 
 def _open_storage(url: str, out: str) -> str:

@@ -197,6 +197,15 @@ def _storage(cfg: RunConfig, study_dir: Path) -> optuna.storages.BaseStorage:
         eng.dispose()
 
 
+def _masked(cfg: RunConfig) -> RunConfig:
+    """`cfg` with the password in `tune.storage` replaced by `***`."""
+    from tuneloop.store import mask
+
+    if not cfg.tune.storage:
+        return cfg
+    return cfg.model_copy(update={"tune": cfg.tune.model_copy(update={"storage": mask(cfg.tune.storage)})})
+
+
 def _objective_name(cfg: RunConfig) -> str:
     if cfg.tune.objective != "auto":
         return cfg.tune.objective
@@ -272,12 +281,16 @@ def run(cfg: RunConfig) -> TuneResult:
     study_dir.mkdir(parents=True, exist_ok=True)
     objective = _objective_name(cfg)
     direction = "maximize" if objective == "macro_f1" else "minimize"
+    storage = _storage(cfg, study_dir)
+    # From here on every file written (study, trial and best configs, which the registry copies)
+    # holds the storage URL with its password masked.
+    cfg = _masked(cfg)
     save_config(cfg, study_dir / "config.yaml")
 
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(
-        storage=_storage(cfg, study_dir), sampler=_sampler(cfg, space), pruner=_pruner(cfg),
+        storage=storage, sampler=_sampler(cfg, space), pruner=_pruner(cfg),
         study_name=cfg.tune.study_name, direction=direction, load_if_exists=True,
     )
     if study.direction.name.lower() != direction:
