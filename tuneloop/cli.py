@@ -123,7 +123,7 @@ def train(
     if resume is not None:
         if sets:
             raise TuneloopError(f"--set with --resume: a resumed run keeps the config it started with ({resume}/config.yaml)")
-        result = train_stage.resume(resume)
+        result = train_stage.resume(resume, n_threads=threads)
     else:
         cfg = _config(config, {
             "task": task, "base": base, "seed": seed, "train.data": data, "train.out": out, "train.method": method,

@@ -448,15 +448,17 @@ def run(cfg: RunConfig, on_validate: OnValidate | None = None) -> TrainResult:
     return _fit(cfg, run_dir, on_validate, resuming=False)
 
 
-def resume(run_dir: Path, on_validate: OnValidate | None = None) -> TrainResult:
+def resume(run_dir: Path, on_validate: OnValidate | None = None, n_threads: int | None = None) -> TrainResult:
     """Continue a run from its last checkpoint; the result equals an uninterrupted run with the same seed.
 
     A finished run returns its summary; a run killed before its first checkpoint starts over.
+    `n_threads` replaces the run's `train.threads` (the machine may be busier or quieter than when it started).
     """
     run_dir = Path(run_dir).resolve()
     if not (run_dir / "config.yaml").is_file():
         raise TuneloopError(f"{run_dir} is not a training run (no config.yaml); start one with `tuneloop train --out`")
     cfg = load_config(run_dir / "config.yaml")
+    cfg.train.threads = n_threads or cfg.train.threads
     _join(cfg, on_validate)
     summary = run_dir / "train_summary.json"
     if summary.is_file():
