@@ -31,7 +31,8 @@ VERSIONED = ("torch", "transformers", "peft", "accelerate", "scikit-learn", "num
 
 def environment(cfg: RunConfig) -> dict[str, Any]:
     """Python and package versions, platform and seed, for the report's reproducibility section."""
-    env: dict[str, Any] = {"python": platform.python_version(), "platform": platform.platform(), "seed": cfg.seed}
+    env: dict[str, Any] = {"python": platform.python_version(), "platform": platform.platform(), "seed": cfg.seed,
+                           "threads": threads.reason()}
     for pkg in VERSIONED:
         try:
             env[pkg] = metadata.version(pkg)
