@@ -90,3 +90,31 @@ def test_a_round_killed_mid_way_is_resumed_by_the_next_check(setup: Any, tmp_pat
     resumed = check(cfg, run_round=rounds)
     assert resumed.action == "round" and "resumed" in resumed.reason and rounds.calls == 2
     assert _actions(reg) == ["monitor_trigger", "monitor_round_done"]
+
+
+def _rate(db: Path, ids: list[str], model: str, right: int) -> None:
+    store = FeedbackStore(db)
+    for i, rid in enumerate(ids):
+        store.record_response(model=model, kind="classify", request={"input": ["x"]}, response={"labels": ["positive"]},
+                              response_id=rid)
+        store.add_feedback(response_id=rid, rating="up" if i < right else "down", index=0)
+    store.close()
+
+
+def test_a_promoted_model_worse_on_live_feedback_is_rolled_back(setup: Any, tmp_path: Path) -> None:
+    import shutil
+
+    cfg, reg, db = setup
+    newer = tmp_path / "run2"
+    shutil.copytree(tmp_path / "run", newer)
+    reg.register(newer, "run2")
+    reg.promote("run2", "round 2")
+    _rate(db, _log(db, _traffic(60, 20)), "run", right=57)
+    ids = _log(db, _traffic(60, 21), model="run2")
+    _rate(db, ids[:30], "run2", right=29)  # too few ratings yet: no rollback
+    assert check(cfg, run_round=Rounds(tmp_path)).action != "rollback" and reg.promoted().name == "run2"
+    _rate(db, ids[30:], "run2", right=5)  # 34 of 60 right vs 57 of 60
+    rolled = check(cfg, run_round=Rounds(tmp_path))
+    assert rolled.action == "rollback" and reg.promoted().name == "run"
+    event = [e for e in reg.history() if e["action"] == "monitor_rollback"][-1]
+    assert event["evidence"]["new"]["n_rated"] == 60 and event["evidence"]["pvalue"] < 0.01

@@ -309,6 +309,9 @@ class MonitorConfig(_Section):
     cooldown_minutes: float = Field(60.0, ge=0, description="`loop --watch/--once`: no new round within this many minutes of the last triggered one.")
     max_rounds_per_day: int = Field(3, ge=0, description="`loop --watch/--once`: most rounds alarms may start in any 24 hours.")
     interval_minutes: float = Field(10.0, gt=0, description="`loop --watch`: minutes between checks.")
+    rollback_alpha: float | None = Field(0.01, gt=0, lt=1, description="`loop --watch/--once`: roll a promoted model back when its realized "
+                                         "accuracy on live feedback is below its predecessor's by more than max_realized_drop with a "
+                                         "Fisher exact test p below this (both with min_feedback ratings; None: never).")
 
 
 class RunConfig(_Section):

@@ -149,6 +149,19 @@ def _rated(rows: list[dict[str, Any]], cfg: RunConfig, feedback_db: str | Path |
             r["correct"] = False
 
 
+def realized_of(run_dir: Path, name: str, settings: MonitorConfig, feedback_db: str | Path | None = None) -> dict[str, Any]:
+    """Realized metrics (`estimate.realized`) of one model's newest `settings.last` logged predictions."""
+    from tuneloop.runs import load_run_config
+    from tuneloop.store.predictions import read_window
+
+    cfg = load_run_config(run_dir)
+    labels = list(read_reference(run_dir)[0]["probabilities"])
+    rows = read_window(settings.db or feedback_db or cfg.feedback.db, model=name, last=settings.last, kind="classify")
+    _rated(rows, cfg, feedback_db, labels)
+    return realized([{"prediction": r["output"], "correct": r["correct"], "label": r["label"]}
+                     for r in rows if r["correct"] is not None], labels, seed=settings.seed)
+
+
 def _probs(rows: list[dict[str, Any]], labels: list[str]) -> np.ndarray:
     return np.array([[(r.get("probabilities") or {}).get(lab, 0.0) for lab in labels] for r in rows], dtype=np.float64)
 

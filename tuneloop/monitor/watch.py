@@ -7,6 +7,12 @@ event with its evidence (the alarms, the window, the feedback counts) and a `mon
 event when it ends; an alarm that starts nothing is a `monitor_alarm` event with the reason (at most
 one per cool-down). A watcher killed mid-round finds a trigger without its `done` event and
 resumes that round first (the loop's rounds resume where they stopped).
+
+After a promotion, each check also compares the promoted model's realized accuracy on live
+feedback with its predecessor's (each over its own newest `monitor.last` predictions); when it is
+lower by more than `monitor.max_realized_drop` with a one-sided Fisher exact test below
+`monitor.rollback_alpha`, both having `monitor.min_feedback` ratings, the predecessor is promoted
+back (`rollback` event) and a `monitor_rollback` event keeps the evidence.
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ TRIGGER, DONE, ALARM = "monitor_trigger", "monitor_round_done", "monitor_alarm"
 
 @dataclass
 class Check:
-    """What one check did: `action` is `round` (a round ran), `quiet`, `skipped` (an alarm, no round) or `no_model`."""
+    """What one check did: `round` (a round ran), `quiet`, `skipped` (an alarm, no round), `rollback` or `no_model`."""
 
     action: str
     reason: str
@@ -98,6 +104,8 @@ def check(cfg: RunConfig, *, now: datetime | None = None, run_round: Callable[[R
     promoted = reg.promoted()
     if promoted is None:
         return Check("no_model", "the registry has no promoted model to watch", [])
+    if (rolled := _rollback(cfg, reg, promoted, history)) is not None:
+        return rolled
     result = monitor(Path(promoted.path), model=promoted.name, feedback_db=cfg.feedback.db, settings=cfg.monitor)
     if not result.alarms:
         return Check("quiet", result.report.get("message") or "no alarm", [])
@@ -116,6 +124,36 @@ def check(cfg: RunConfig, *, now: datetime | None = None, run_round: Callable[[R
     reg.record_event(TRIGGER, promoted.name, "; ".join(f"{a['metric']} {a['value']:.4g} > {a['threshold']:.4g}"
                                                        for a in result.alarms), evidence)
     return _round(cfg, reg, result.alarms, evidence["trigger_id"], f"{len(result.alarms)} alarm(s) and {count - since} new feedback records", loop)
+
+
+def _rollback(cfg: RunConfig, reg: Any, promoted: Any, history: list[dict[str, Any]]) -> Check | None:
+    """Roll back a promoted model whose realized accuracy fell significantly below its predecessor's (None: keep it)."""
+    from scipy.stats import fisher_exact
+
+    from tuneloop.monitor.stage import realized_of
+
+    m = cfg.monitor
+    promotions = [e for e in history if e["action"] == "promote" and e["name"] == promoted.name and e.get("previous")]
+    if m.rollback_alpha is None or not promotions:
+        return None
+    previous = reg.get(promotions[-1]["previous"])
+    try:
+        new = realized_of(Path(promoted.path), promoted.name, m, cfg.feedback.db)
+        old = realized_of(Path(previous.path), previous.name, m, cfg.feedback.db)
+    except Exception:  # noqa: BLE001 (no reference or log for one of them: no evidence, no rollback)
+        return None
+    if min(new["n_rated"], old["n_rated"]) < m.min_feedback or new["accuracy"] >= old["accuracy"] - m.max_realized_drop:
+        return None
+    right = lambda r: round(r["accuracy"] * r["n_rated"])  # noqa: E731
+    p = float(fisher_exact([[right(new), new["n_rated"] - right(new)], [right(old), old["n_rated"] - right(old)]],
+                           alternative="less").pvalue)
+    if p >= m.rollback_alpha:
+        return None
+    reason = (f"realized accuracy {new['accuracy']:.3f} on {new['n_rated']} rated answers vs {old['accuracy']:.3f} on "
+              f"{old['n_rated']} for {previous.name} (Fisher p = {p:.2g})")
+    reg.rollback(f"monitor: {reason}")
+    reg.record_event("monitor_rollback", promoted.name, reason, {"new": new, "previous": {**old, "name": previous.name}, "pvalue": p})
+    return Check("rollback", f"rolled back {promoted.name} to {previous.name}: {reason}", [])
 
 
 def _round(cfg: RunConfig, reg: Any, alarms: list[dict[str, Any]], trigger_id: str | None, reason: str,
