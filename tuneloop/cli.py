@@ -376,7 +376,8 @@ def monitor(
     config: Optional[Path] = ConfigOpt,
     registry: Optional[str] = RegistryOpt,
     db: Optional[str] = typer.Option(None, help="Prediction log the server writes (default: the feedback database)."),
-    feedback_db: Optional[str] = typer.Option(None, help="Feedback store for realized metrics (default: feedback.db in the config)."),
+    feedback_db: Optional[str] = typer.Option(None, help="Feedback store for realized metrics, and the prediction log unless --db "
+                                              "(default: feedback.db in the config)."),
     last: Optional[int] = typer.Option(None, help="Window: the newest N predictions (default 1000)."),
     since: Optional[str] = typer.Option(None, help="Window: predictions at or after this ISO 8601 time (UTC without an offset)."),
     model: Optional[str] = typer.Option(None, help="Name the predictions were logged under (default: the registry or folder name)."),
