@@ -114,3 +114,13 @@ def test_cli_with_a_broken_config_prints_one_line(tmp_path: Path, monkeypatch: p
             main()
         err = capsys.readouterr().err
         assert e.value.code == 1 and "not UTF-8" in err and "Traceback" not in err, (command, err)
+
+
+def test_a_gate_without_a_paired_test_needs_a_margin(tmp_path: Path) -> None:
+    """`loop.alpha: null` turns the paired test off: only a positive margin may then guard against noise."""
+    p = tmp_path / "run.yaml"
+    p.write_text("loop:\n  alpha: null\n")
+    with pytest.raises(TuneloopError, match="noise"):
+        load_config(p)
+    p.write_text("loop:\n  alpha: null\n  margin: 0.02\n")
+    assert load_config(p).loop.alpha is None

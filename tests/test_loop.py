@@ -108,7 +108,7 @@ def test_loop_promotes_a_better_candidate_and_keeps_a_worse_one(setup: tuple[Run
     assert reg.history()[-1]["action"] == "keep"
 
 
-def test_a_generate_round_trains_dpo_on_preference_feedback(tiny_llama: Path, tmp_path: Path) -> None:
+def test_a_generate_round_trains_dpo_on_preference_feedback(tiny_llama: Path, tiny_bert: Path, tmp_path: Path) -> None:
     from tiny import write_data
 
     data = write_data(tmp_path / "toy", "generate", n_train=48, n_val=16)
@@ -116,7 +116,7 @@ def test_a_generate_round_trains_dpo_on_preference_feedback(tiny_llama: Path, tm
         "task": "generate", "base": str(tiny_llama), "seed": 0, "prepare.inputs": [str(data / "train.jsonl")],
         "prepare.test_file": str(data / "test.jsonl"), "prepare.near_dup": False, "train.max_steps": 4, "train.threads": 1,
         "train.precision": "fp32", "train.lr": 1e-2, "train.dpo.epochs": 1, "eval.base_too": False, "eval.max_new_tokens": 8,
-        "eval.bootstrap": 0, "fairness.benchmark": "none", "feedback.db": tmp_path / "fb.db", "loop.out": tmp_path / "loop",
+        "eval.bootstrap": 0, "eval.semantic_model": str(tiny_bert), "fairness.benchmark": "none", "feedback.db": tmp_path / "fb.db", "loop.out": tmp_path / "loop",
         "loop.registry": f"sqlite:///{tmp_path}/reg.db",
     })
     store = FeedbackStore(cfg.feedback.db)
@@ -165,7 +165,7 @@ def test_a_candidate_no_better_than_the_served_model_is_kept(setup: tuple[RunCon
     assert any("if_not_assessed is block" in r for r in blocked.decision.reasons)
 
 
-def test_a_generate_round_is_decided_by_the_paired_test(tiny_llama: Path, tmp_path: Path) -> None:
+def test_a_generate_round_is_decided_by_the_paired_test(tiny_llama: Path, tiny_bert: Path, tmp_path: Path) -> None:
     from tiny import write_data
 
     data = write_data(tmp_path / "toy", "generate", n_train=48, n_val=24)
@@ -173,7 +173,7 @@ def test_a_generate_round_is_decided_by_the_paired_test(tiny_llama: Path, tmp_pa
         "task": "generate", "base": str(tiny_llama), "seed": 0, "prepare.inputs": [str(data / "train.jsonl")],
         "prepare.test_file": str(data / "test.jsonl"), "prepare.near_dup": False, "train.max_steps": 1, "train.threads": 1,
         "train.precision": "fp32", "train.lr": 1e-6, "train.method": "full", "eval.base_too": False, "eval.max_new_tokens": 6,
-        "eval.bootstrap": 0, "fairness.benchmark": "none", "fairness.base_too": False, "feedback.db": tmp_path / "fb.db",
+        "eval.bootstrap": 0, "eval.semantic_model": str(tiny_bert), "fairness.benchmark": "none", "fairness.base_too": False, "feedback.db": tmp_path / "fb.db",
         "loop.out": tmp_path / "loop", "loop.registry": f"sqlite:///{tmp_path}/reg.db",
     })
     weak = loop.run(cfg)  # one step at a tiny rate: the random model, promoted only because nothing is served

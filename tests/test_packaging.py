@@ -59,5 +59,5 @@ def test_optional_parts_are_extras_and_the_core_needs_none_of_them() -> None:
     assert {"fastapi", "uvicorn"} <= extras["serve"] and "psycopg" in extras["postgres"]
     assert not base & (extras["serve"] | extras["postgres"])
     # The server's packages are imported by tuneloop.serve only (the CLI says which extra to install).
-    for module in ("fastapi", "uvicorn", "starlette"):
+    for module in ("fastapi", "uvicorn", "starlette", "prometheus_client"):
         assert all(f.startswith("tuneloop/serve/") for f in _imports().get(module, ())), module

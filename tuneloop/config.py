@@ -281,6 +281,13 @@ class LoopConfig(_Section):
     alpha: float | None = Field(0.05, gt=0, lt=1, description="p-value the paired test on the same test rows must be below (McNemar for right/wrong metrics, eval.paired_test (Wilcoxon or paired bootstrap) for token_f1/rouge_l/semantic/loss; None: no test, margin only).")
     require_fairness: bool = Field(True, description="Run the fairness audit against the promoted model and refuse a candidate that fails it.")
 
+    @model_validator(mode="after")
+    def _guards_against_noise(self) -> LoopConfig:
+        # Without a paired test only the margin stands between noise and a promotion.
+        if self.alpha is None and not self.margin:
+            raise ValueError("alpha: null (no paired test) needs a positive margin, else noise could be promoted")
+        return self
+
 
 class MonitorConfig(_Section):
     """`tuneloop monitor`: the window of logged predictions it reads and when it raises an alarm."""
